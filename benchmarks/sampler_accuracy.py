@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import platform
 import statistics
 import subprocess
@@ -167,6 +167,16 @@ def gaussian_check(runner, n: int) -> dict:
             "ok": mean_err < 0.03 and std_err < 0.05}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -218,7 +228,7 @@ def main() -> None:
 
     document = {
         "benchmark": "sampler_accuracy",
-        "hardware": {"machine": platform.machine(), "processor": platform.processor() or "unknown",
+        "hardware": {"machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                      "system": platform.system(), "torch_threads": torch.get_num_threads()},
         "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers_version,
         "git_commit": git_commit(),
@@ -251,8 +261,9 @@ def print_table(results, floor, checks) -> None:
     print("N(2,.5^2)@50: |mean-2| < 0.03 and |std/0.5-1| < 0.05 at NFE 50; first-order methods (Euler, DDIM, "
           "ancestral) miss the std bound there by their own O(1/n) bias")
     print("overhead: sampler wall time minus time inside the denoiser, median over budgets, per denoiser call")
-    print("actual NFE per budget: " + "; ".join(
-        f"{name}: {[r['nfe'] for r in results if r['sampler'] == name]}" for name in samplers if "heun" in name.lower()))
+    heun_nfe = "; ".join(f"{name}: {[r['nfe'] for r in results if r['sampler'] == name]}"
+                         for name in samplers if "heun" in name.lower())
+    print(f"actual NFE per budget (Heun: 2 per step, 1 for the last): {heun_nfe}")
 
 
 if __name__ == "__main__":

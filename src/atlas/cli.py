@@ -96,6 +96,8 @@ def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum
 @click.option("--steps", default=25, show_default=True, type=int)
 @click.option("--sampler", default="dpmpp_2m", show_default=True,
               type=click.Choice(["euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde", "ddim"]))
+@click.option("--schedule", default="karras", show_default=True,
+              type=click.Choice(["karras", "exponential", "vp_linear", "vp_cosine"]), help="Sigma grid.")
 @click.option("--guidance-scale", default=3.0, show_default=True, type=float)
 @click.option("--negative-prompt", default=None, help="Used on the unconditional side of guidance.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Image i uses seed + i.")
@@ -104,7 +106,7 @@ def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(prompts: tuple[str, ...], checkpoint: str | None, num_samples: int, steps: int, sampler: str,
-             guidance_scale: float, negative_prompt: str | None, seed: int, batch_size: int | None, out_dir: str,
+             schedule: str, guidance_scale: float, negative_prompt: str | None, seed: int, batch_size: int | None, out_dir: str,
              device: str, quiet: bool) -> None:
     """Generate images for PROMPTS (none: unconditional) and save PNGs and a grid."""
     from tqdm.auto import tqdm
@@ -122,7 +124,7 @@ def generate(prompts: tuple[str, ...], checkpoint: str | None, num_samples: int,
         chunks = -(-images // batch_size) if batch_size else 1
         with tqdm(total=steps * chunks, desc="generate", unit="step", disable=quiet) as bar:
             result = run_generate(bundle, list(prompts) or None, negative_prompts=negative_prompt,
-                                  num_samples=num_samples, steps=steps, sampler=sampler,
+                                  num_samples=num_samples, steps=steps, sampler=sampler, schedule=schedule,
                                   guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
                                   callback=lambda info: bar.update(1))
         elapsed = time.perf_counter() - started

@@ -17,6 +17,7 @@ from atlas.diffusion import (SAMPLERS, StepInfo, classifier_free_guidance, condi
                              initial_noise, sample)
 
 DEFAULT_SAMPLER = "dpmpp_2m"
+SIGMA_RANGE_SCHEDULES = ("karras", "exponential")
 
 
 @dataclass
@@ -84,7 +85,9 @@ def generate(bundle: ModelBundle, prompts: Sequence[str] | str | None = None, *,
     side = resolution or config.resolution
     device, dtype = bundle.device, next(bundle.network.parameters()).dtype
     spec = bundle.diffusion
-    sigmas = get_sigmas(schedule, steps, sigma_min=spec.sigma_min, sigma_max=spec.sigma_max).to(device, dtype)
+    # Karras and exponential grids span the model's trained sigma range; VP grids carry their own range.
+    span = {"sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max} if schedule in SIGMA_RANGE_SCHEDULES else {}
+    sigmas = get_sigmas(schedule, steps, **span).to(device, dtype)
     denoiser = bundle.denoiser()
     total = len(all_prompts)
     chunk = batch_size or total

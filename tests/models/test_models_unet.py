@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from atlas.models import HighResLatentScoreModel, HighResModelConfig
 from atlas.models.blocks import AttentionBlock
 
-from conftest import tiny_model_config
+from atlas_testing import tiny_model_config
 
 
 def _inputs(cfg, batch=2, side=None, tokens=5, dtype=torch.float32):

@@ -3,7 +3,7 @@ import torch
 
 from atlas.pipeline import generate
 
-from conftest import tiny_bundle
+from atlas_testing import tiny_bundle
 
 
 def _trained_like(bundle):
@@ -82,3 +82,9 @@ def test_prompts_are_never_silently_dropped():
 def test_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate(tiny_bundle(), ["a red circle"], **kwargs)
+
+
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "vp_linear", "vp_cosine"])
+def test_every_schedule_generates(schedule):
+    images = generate(_trained_like(tiny_bundle()), ["a red circle"], steps=3, schedule=schedule).images
+    assert images.shape == (1, 3, 8, 8) and torch.isfinite(images).all()

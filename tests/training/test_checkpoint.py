@@ -6,7 +6,7 @@ import torch
 import atlas.checkpoint as checkpoint_module
 from atlas.checkpoint import load_model, save_checkpoint
 
-from conftest import tiny_bundle
+from atlas_testing import tiny_bundle
 
 
 def _outputs(bundle):

@@ -8,7 +8,7 @@ from atlas.checkpoint import load_model
 from atlas.training import EMA, Trainer, TrainingConfig, batch_indices, learning_rate, train
 from atlas.training.trainer import step_seed
 
-from conftest import tiny_bundle
+from atlas_testing import tiny_bundle
 
 TINY_MODEL = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2,
                   norm_groups=4)
