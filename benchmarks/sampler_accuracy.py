@@ -11,7 +11,9 @@ noisy marginal.
 
 If ``diffusers`` is importable, its Euler / Heun / DPM-Solver++(2M) / UniPC schedulers (Karras sigmas, epsilon
 prediction) are driven by the same denoiser, converted to an eps-predictor on VP-scaled inputs, with the same
-training-beta range; each is first checked to reproduce N(2, 0.5^2) at NFE ~50.
+training-beta range; each is first checked to reproduce N(2, 0.5^2) at NFE ~50.  Options variants (UniPC order 3)
+run for both libraries alike, on the same grid.  A cross-check drives atlas "unipc" and diffusers' UniPC (bh2,
+order 2) from the same start on diffusers' own sigma grid and reports the largest difference of the outputs.
 
 Usage:  python benchmarks/sampler_accuracy.py [--quick] [--json PATH]
 """
@@ -36,6 +38,9 @@ NFE_BUDGETS = (5, 10, 20, 50)
 DIFFUSERS_SCHEDULERS = (
     "EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
 )
+# Non-default options, benchmarked for both libraries alike: label -> (sampler / scheduler, options).
+ATLAS_VARIANTS = {"unipc(order=3)": ("unipc", {"order": 3})}
+DIFFUSERS_VARIANTS = {"UniPCMultistepScheduler(solver_order=3)": ("UniPCMultistepScheduler", {"solver_order": 3})}
 SECOND_ORDER_TWO_CALLS = {"heun"}  # samplers whose steps cost 2 calls, minus 1 for the final step to sigma = 0
 
 
@@ -113,29 +118,29 @@ def atlas_steps(name: str, nfe: int) -> int:
     return (nfe + 1) // 2 if name in SECOND_ORDER_TWO_CALLS else nfe
 
 
-def run_atlas(name, denoise, n, nfe, seed, *, sigma_min, sigma_max, dim=2):
+def run_atlas(name, denoise, n, nfe, seed, *, sigma_min, sigma_max, dim=2, options=None):
     steps = atlas_steps(name, nfe)
     sigmas = karras_sigmas(steps, sigma_min, sigma_max)
     torch.manual_seed(seed)
     x = sigma_max * torch.randn(n, dim)
     timed = Timed(denoise)
     start = time.perf_counter()
-    out = sample(name, timed, x, sigmas)
+    out = sample(name, timed, x, sigmas, **(options or {}))
     return out, timed, time.perf_counter() - start, steps
 
 
-def diffusers_scheduler(class_name: str, steps: int):
+def diffusers_scheduler(class_name: str, steps: int, options=None):
     import diffusers
 
     cls = getattr(diffusers, class_name)
     # One training-beta range for all four (diffusers' default linear 1e-4 .. 0.02): sigma in [0.01, 157.4].
     scheduler = cls(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                    use_karras_sigmas=True, prediction_type="epsilon")
+                    use_karras_sigmas=True, prediction_type="epsilon", **(options or {}))
     scheduler.set_timesteps(steps)
     return scheduler
 
 
-def run_diffusers(class_name, denoise, n, nfe, seed, dim=2):
+def run_diffusers(class_name, denoise, n, nfe, seed, dim=2, options=None, start_noise=None):
     """Drive a diffusers scheduler with our denoiser as an eps-predictor on VP-scaled inputs.
 
     Whatever scale the scheduler keeps its state in, ``scale_model_input`` hands the model the VP-scaled state
@@ -143,9 +148,11 @@ def run_diffusers(class_name, denoise, n, nfe, seed, dim=2):
     denoise, and return eps = (x - D) / sigma.
     """
     steps = (nfe + 1) // 2 if class_name == "HeunDiscreteScheduler" else nfe
-    scheduler = diffusers_scheduler(class_name, steps)
-    torch.manual_seed(seed)
-    x = torch.randn(n, dim) * scheduler.init_noise_sigma
+    scheduler = diffusers_scheduler(class_name, steps, options)
+    if start_noise is None:
+        torch.manual_seed(seed)
+        start_noise = torch.randn(n, dim)
+    x = start_noise * scheduler.init_noise_sigma
     timed = Timed(denoise)
     start = time.perf_counter()
     for i, t in enumerate(scheduler.timesteps):
@@ -165,6 +172,25 @@ def gaussian_check(runner, n: int) -> dict:
     mean_err, std_err = abs(out.mean().item() - 2.0), abs(out.std().item() / 0.5 - 1)
     return {"mean": round(out.mean().item(), 4), "std": round(out.std().item(), 4),
             "ok": mean_err < 0.03 and std_err < 0.05}
+
+
+def unipc_cross_check(denoise, n: int = 4000, budgets=(5, 10, 20)) -> dict:
+    """atlas "unipc" (order 2) vs diffusers' UniPCMultistepScheduler (bh2, order 2) on diffusers' sigma grid.
+
+    Both start from the same standard-normal draw z: diffusers keeps its state VP-scaled (init_noise_sigma = 1),
+    so atlas starts at from_vp(z, sigma_max).  Returns the largest |difference| of the outputs per NFE (float32
+    rounding is ~1e-5 here) and the largest |output| for scale.
+    """
+    result = {}
+    for nfe in budgets:
+        torch.manual_seed(0)
+        z = torch.randn(n, 2)
+        theirs = run_diffusers("UniPCMultistepScheduler", denoise, n, nfe, 0, start_noise=z)[0]
+        grid = diffusers_scheduler("UniPCMultistepScheduler", nfe).sigmas.double()
+        ours = sample("unipc", denoise, from_vp(z.double(), grid[0].expand(n)), grid)
+        result[nfe] = {"max_abs_diff": (ours - theirs.double()).abs().max().item(),
+                       "max_abs_output": theirs.abs().max().item()}
+    return result
 
 
 def cpu_model() -> str:
@@ -203,8 +229,15 @@ def main() -> None:
 
     runners = {f"atlas:{name}": partial(run_atlas, name, sigma_min=sigma_min, sigma_max=sigma_max)
                for name in SAMPLERS}
+    runners.update({f"atlas:{label}": partial(run_atlas, name, sigma_min=sigma_min, sigma_max=sigma_max,
+                                              options=options)
+                    for label, (name, options) in ATLAS_VARIANTS.items()})
+    cross_check = None
     if diffusers_version:
         runners.update({f"diffusers:{cls}": partial(run_diffusers, cls) for cls in DIFFUSERS_SCHEDULERS})
+        runners.update({f"diffusers:{label}": partial(run_diffusers, cls, options=options)
+                        for label, (cls, options) in DIFFUSERS_VARIANTS.items()})
+        cross_check = unipc_cross_check(mixture.denoise)
     checks = {label: gaussian_check(runner, n) for label, runner in runners.items()}
 
     results = []
@@ -237,6 +270,7 @@ def main() -> None:
                      "grid": f"Karras rho=7, sigma {sigma_max} -> {sigma_min} -> 0",
                      "quick": args.quick, "nfe_budgets": list(NFE_BUDGETS)},
         "gaussian_check_nfe50": checks,
+        "unipc_cross_check_vs_diffusers": cross_check,
         "metric_floor_sw2_median": statistics.median(floors),
         "results": results,
     }
@@ -244,19 +278,20 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    print_table(results, document["metric_floor_sw2_median"], checks)
+    print_table(results, document["metric_floor_sw2_median"], checks, cross_check)
 
 
-def print_table(results, floor, checks) -> None:
+def print_table(results, floor, checks, cross_check=None) -> None:
     samplers = list(dict.fromkeys(r["sampler"] for r in results))
-    header = f"{'sampler':38s} {'N(2,.5^2)@50':>12s} " + " ".join(f"{'SW2@' + str(b):>9s}" for b in NFE_BUDGETS)
+    width = max(38, *(len(name) for name in samplers))
+    header = f"{'sampler':{width}s} {'N(2,.5^2)@50':>12s} " + " ".join(f"{'SW2@' + str(b):>9s}" for b in NFE_BUDGETS)
     print("\n" + header + f" {'overhead us/NFE':>16s}")
     for name in samplers:
         rows = [r for r in results if r["sampler"] == name]
         cells = " ".join(f"{r['sw2_median']:9.4f}" for r in rows)
         overhead = statistics.median(r["overhead_us_per_nfe_median"] for r in rows)
         ok = "yes" if checks[name]["ok"] else "NO"
-        print(f"{name:38s} {ok:>12s} {cells} {overhead:16.1f}")
+        print(f"{name:{width}s} {ok:>12s} {cells} {overhead:16.1f}")
     print(f"\nmetric floor (true vs true, same n): SW2 = {floor:.4f}")
     print("N(2,.5^2)@50: |mean-2| < 0.03 and |std/0.5-1| < 0.05 at NFE 50; first-order methods (Euler, DDIM, "
           "ancestral) miss the std bound there by their own O(1/n) bias")
@@ -264,6 +299,10 @@ def print_table(results, floor, checks) -> None:
     heun_nfe = "; ".join(f"{name}: {[r['nfe'] for r in results if r['sampler'] == name]}"
                          for name in samplers if "heun" in name.lower())
     print(f"actual NFE per budget (Heun: 2 per step, 1 for the last): {heun_nfe}")
+    if cross_check:
+        print("atlas unipc vs diffusers UniPC (order 2, bh2), same start, diffusers' sigmas: max |diff| " + "; ".join(
+            f"NFE {nfe}: {c['max_abs_diff']:.1e} (outputs up to {c['max_abs_output']:.1f})"
+            for nfe, c in cross_check.items()))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from atlas.conditioning.text_encoder import TextEncoderConfig, VocabTextEncoder
-from atlas.diffusion import Conditioning, Denoiser
+from atlas.diffusion import PREDICTIONS, Conditioning, Denoiser
 from atlas.models import HighResLatentScoreModel, HighResModelConfig
 
-PREDICTIONS = ("edm", "eps", "v", "x0")
 
 
 @dataclass

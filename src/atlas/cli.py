@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 DEFAULT_OUT = "atlas-outputs"
+# Kept in step with atlas.diffusion.SAMPLERS by tests/cli/test_cli.py (importing it here would load torch for --help).
+SAMPLER_NAMES = ["ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "unipc"]
 
 
 def _int_tuple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -45,7 +47,7 @@ def cli(verbose: bool) -> None:
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]))
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (eager fallback on failure).")
 @click.option("--cond-dropout", default=0.1, show_default=True, type=float, help="Caption dropout for CFG.")
-@click.option("--prediction", default="edm", show_default=True, type=click.Choice(["edm", "eps", "v", "x0"]))
+@click.option("--prediction", default="edm", show_default=True, type=click.Choice(["edm", "eps", "v", "x0", "flow"]))
 @click.option("--min-snr-gamma", default=None, type=float, help="Min-SNR weighting (eps/v/x0).")
 @click.option("--dataset-size", default=None, type=int, help="Items in a procedural dataset.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -95,7 +97,7 @@ def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum
 @click.option("--num-samples", default=4, show_default=True, type=int, help="Images per prompt.")
 @click.option("--steps", default=25, show_default=True, type=int)
 @click.option("--sampler", default="dpmpp_2m", show_default=True,
-              type=click.Choice(["euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde", "ddim"]))
+              type=click.Choice(SAMPLER_NAMES))
 @click.option("--schedule", default="karras", show_default=True,
               type=click.Choice(["karras", "exponential", "vp_linear", "vp_cosine"]), help="Sigma grid.")
 @click.option("--guidance-scale", default=3.0, show_default=True, type=float)

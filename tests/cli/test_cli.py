@@ -55,3 +55,10 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     assert result.exit_code != 0 and "unknown dataset spec 'imagenet'" in result.output
     result = runner.invoke(cli, ["train", "--out", str(tmp_path / "x"), "--channel-mult", "1,x"])
     assert result.exit_code != 0 and "comma-separated integers" in result.output
+
+
+def test_cli_offers_every_sampler():
+    from atlas.cli import SAMPLER_NAMES
+    from atlas.diffusion import SAMPLERS
+
+    assert SAMPLER_NAMES == sorted(SAMPLERS)

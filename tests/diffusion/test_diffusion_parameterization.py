@@ -56,6 +56,7 @@ def test_network_target_is_the_regression_target(prediction):
         "v": (noise - s * x0) / torch.sqrt(1 + s**2),
         "x0": x0,
         "edm": (x0 - 0.25 / (s**2 + 0.25) * x) / (s * 0.5 / torch.sqrt(s**2 + 0.25)),
+        "flow": noise - x0,
     }[prediction]
     torch.testing.assert_close(target, expected, rtol=1e-9, atol=1e-9)
     c = get_scalings(prediction, SIGMAS)

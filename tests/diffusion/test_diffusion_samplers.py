@@ -20,6 +20,7 @@ from atlas.diffusion import (
     sample_ddim,
     sample_euler,
     sample_heun,
+    sample_unipc,
 )
 
 F64 = torch.float64
@@ -33,7 +34,8 @@ STOCHASTIC_OPTIONS = {
 # Steps at which each sampler meets |mean - mu| < 0.03 and |std / s - 1| < 0.05 on N(2, 0.5^2) with the default
 # Karras grid.  First-order methods carry an O(1/n) bias that is 5.6 % (Euler, DDIM) and 11 % (Euler ancestral)
 # at 50 steps: test_first_order_bias_is_the_schemes_own checks that value against the closed-form recursion.
-STEPS = {"euler": 100, "ddim": 100, "euler_ancestral": 200, "heun": 50, "dpmpp_2m": 50, "dpmpp_2m_sde": 50}
+STEPS = {"euler": 100, "ddim": 100, "euler_ancestral": 200, "heun": 50, "dpmpp_2m": 50, "dpmpp_2m_sde": 50,
+         "unipc": 50}
 
 
 def gaussian_run(name: str, prediction: str, steps: int, seed: int = 0, **options) -> torch.Tensor:
@@ -53,7 +55,7 @@ def test_samplers_reach_the_gaussian(name, prediction):
     assert abs(out.std().item() / 0.5 - 1.0) < 0.05
 
 
-@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"])
 def test_second_order_samplers_reach_the_gaussian_in_50_steps_edm(name):
     out = gaussian_run(name, "edm", 50)
     assert abs(out.mean().item() - 2.0) < 0.03
@@ -87,7 +89,7 @@ def test_prediction_type_does_not_change_samples(name):
         torch.testing.assert_close(out, outs[0], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["heun", "dpmpp_2m"])
+@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "unipc"])
 def test_mixture_component_weights(name):
     mixture = two_component_mixture()
     sigmas = karras_sigmas(40, dtype=F64)
@@ -113,6 +115,72 @@ def test_convergence_order(name, order):
         errors.append((sample(name, data.denoise, x_start, sigmas) - exact).abs().max().item())
     for coarse, fine in zip(errors, errors[1:]):
         assert 0.6 * 2**order < coarse / fine < 1.4 * 2**order, errors
+
+
+def convergence_errors(name, step_counts=(25, 50, 100), **options) -> list[float]:
+    data = Gaussian()
+    x_start = initial_noise((64, 4), 80.0, generators(range(64)), dtype=F64)
+    exact = data.ode_solution(x_start, 80.0, 0.05)
+    errors = []
+    for steps in step_counts:
+        sigmas = karras_sigmas(steps, sigma_min=0.05, append_zero=False, dtype=F64)
+        errors.append((sample(name, data.denoise, x_start, sigmas, **options) - exact).abs().max().item())
+    return errors
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unipc_converges_at_predictor_order_plus_one(order):
+    """UniP-p with UniC-p is of order p + 1 (Zhao et al. 2023, Thm. 3.1): halving h divides the error by 2^(p+1).
+
+    The corrector's coefficients come from the phi-function system, so a wrong coefficient shows up here as a
+    lower rate.  Observed ratios: ~4 (order 1), ~8.5 (order 2), ~17 (order 3).
+    """
+    errors = convergence_errors("unipc", order=order)
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 0.6 * 2 ** (order + 1) < coarse / fine < 1.4 * 2 ** (order + 1), errors
+
+
+def test_unipc_is_at_least_second_order_and_beats_dpmpp_2m():
+    unipc, dpmpp = convergence_errors("unipc"), convergence_errors("dpmpp_2m")
+    for coarse, fine in zip(unipc, unipc[1:]):
+        assert coarse / fine > 0.9 * 4, unipc
+    assert all(u < d for u, d in zip(unipc[1:], dpmpp[1:])), (unipc, dpmpp)
+
+
+@pytest.mark.parametrize("append_zero", [True, False])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unipc_one_denoiser_call_per_step(order, append_zero):
+    data, calls, infos = Gaussian(), [], []
+    sigmas = karras_sigmas(9, append_zero=append_zero, dtype=F64)
+    x = initial_noise((3, 2), sigmas[0], generators([0, 1, 2]), dtype=F64)
+
+    def counting(x, sigma):
+        calls.append(sigma[0].item())
+        return data.denoise(x, sigma)
+
+    out = sample("unipc", counting, x, sigmas, order=order, callback=infos.append)
+    steps = len(sigmas) - 1
+    assert len(calls) == steps and calls == pytest.approx(sigmas[:steps].tolist())
+    assert [i.index for i in infos] == list(range(steps)) and infos[-1].total == steps
+    if append_zero:  # the step to sigma = 0 returns the last denoised value
+        torch.testing.assert_close(out, infos[-1].denoised, rtol=0, atol=0)
+
+
+def test_unipc_is_exact_for_a_point_mass():
+    """D = x0 for every x: all differences vanish and each step is the exact x0 + sigma_next / sigma (x - x0)."""
+    x0 = torch.tensor([[1.5, -0.5], [0.2, 3.0]], dtype=F64)
+    sigmas = karras_sigmas(7, sigma_min=0.1, append_zero=False, dtype=F64)
+    x = initial_noise((2, 2), sigmas[0], generators([4, 5]), dtype=F64)
+    for order in (1, 2, 3):
+        out = sample_unipc(lambda x, sigma: x0.expand_as(x), x, sigmas, order=order)
+        torch.testing.assert_close(out, x0 + (x - x0) * (sigmas[-1] / sigmas[0]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [0, 4, 2.0, "2", True])
+def test_unipc_rejects_bad_order(order):
+    x, sigmas = torch.zeros(2, 3), karras_sigmas(4)
+    with pytest.raises(ValueError, match="unipc order must be 1, 2 or 3"):
+        sample("unipc", Gaussian().denoise, x, sigmas, order=order)
 
 
 def test_ddim_eta0_equals_euler():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from atlas.diffusion import SAMPLERS
 from atlas.pipeline import generate
 
 from atlas_testing import tiny_bundle
@@ -23,7 +24,7 @@ def test_images_are_in_unit_range_and_ordered_prompt_major():
     assert result.seeds == list(range(10, 16))
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde", "ddim"])
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_same_seed_is_bitwise_equal_and_batching_does_not_change_images(sampler):
     # float64 isolates the logic (per-image generators, chunking) from float32 batched-kernel rounding.
     bundle = _trained_like(tiny_bundle()).double()

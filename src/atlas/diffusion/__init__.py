@@ -26,6 +26,7 @@ from .losses import (
     diffusion_loss,
     edm_loss,
     min_snr_weight,
+    sample_sigmas_logit_normal,
     sample_sigmas_lognormal,
     sample_sigmas_vp,
 )
@@ -57,6 +58,7 @@ from .samplers import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sample_unipc,
 )
 from .schedules import (
     SCHEDULES,
@@ -77,7 +79,7 @@ __all__ = [
     "expand_sigma", "exponential_sigmas", "from_vp", "get_scalings", "get_sigmas", "initial_noise",
     "karras_sigmas", "min_snr_weight", "noise_level", "randn_per_sample", "sample", "sample_ddim",
     "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral", "sample_heun",
-    "sample_sigmas_lognormal", "sample_sigmas_vp", "score_to_x0", "sigma_to_alpha_bar", "to_vp",
+    "sample_sigmas_logit_normal", "sample_sigmas_lognormal", "sample_sigmas_vp", "sample_unipc", "score_to_x0", "sigma_to_alpha_bar", "to_vp",
     "v_to_x0", "vp_cosine_alpha_bar", "vp_cosine_sigmas", "vp_linear_alpha_bar", "vp_linear_sigmas",
     "x0_to_eps", "x0_to_score", "x0_to_v",
 ]

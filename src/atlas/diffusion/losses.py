@@ -25,6 +25,7 @@ __all__ = [
     "diffusion_loss",
     "edm_loss",
     "min_snr_weight",
+    "sample_sigmas_logit_normal",
     "sample_sigmas_lognormal",
     "sample_sigmas_vp",
 ]
@@ -64,6 +65,20 @@ def sample_sigmas_vp(
     uniform = torch.rand(batch, generator=generator, dtype=torch.float64, device=_draw_device(generator, device))
     t = t_min + (1.0 - t_min) * uniform
     return alpha_bar_to_sigma(_VP_ALPHA_BAR[schedule](t)).to(dtype=dtype, device=device)
+
+
+def sample_sigmas_logit_normal(
+    batch: int, mean: float = 0.0, std: float = 1.0, generator: Optional[torch.Generator] = None, *,
+    dtype: torch.dtype = torch.float32, device=None,
+) -> Tensor:
+    """Flow-matching training noise levels: ``t = sigmoid(mean + std * n)`` (the logit-normal of Esser et al.
+    2024, Sec. 3.1) on the path ``x_t = (1 - t) x0 + t noise``, mapped to ``sigma = t / (1 - t)``. Shape (batch,).
+    """
+    if not std > 0:
+        raise ValueError(f"std must be > 0, got {std!r}; 1.0 is the usual choice")
+    normal = torch.randn(batch, generator=generator, dtype=torch.float64, device=_draw_device(generator, device))
+    # sigma = t / (1 - t) = exp(logit(t)): the logit-normal is a log-normal in sigma.
+    return torch.exp(mean + std * normal).to(dtype=dtype, device=device)
 
 
 def min_snr_weight(sigma: Tensor, prediction: str, gamma: float) -> Tensor:

@@ -15,9 +15,14 @@ type       c_skip                  c_out                      c_in              
 ``eps``    1                       -s                         1 / sqrt(s^2 + 1)        noise (Ho et al. 2020)
 ``v``      1 / (s^2 + 1)           -s / sqrt(s^2 + 1)         1 / sqrt(s^2 + 1)        v = a noise - b x0 (*)
 ``x0``     0                       1                          1 / sqrt(s^2 + sd^2)     x0
+``flow``   1 / (1 + s)             -s / (1 + s)               1 / (1 + s)              u = noise - x0 (**)
 =========  ======================  =========================  =======================  ===========================
 
 (*) Salimans & Ho 2022 with ``a = 1/sqrt(1+s^2)``, ``b = s/sqrt(1+s^2)`` (VP form, sigma_data = 1).
+(**) Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023) on the straight path
+``x_t = (1 - t) x0 + t noise`` with ``t = s / (1 + s)``: ``x_t = x / (1 + s)`` is the network input and the
+regression target is the constant velocity ``u = noise - x0``; ``D = x_t - t u``. Because Euler's method in
+this convention equals DDIM, it is exactly the rectified-flow Euler step ``x_t' = x_t + (t' - t) u``.
 
 The "score" is that of the noisy marginal, ``grad log p_sigma(x) = (E[x0|x] - x) / sigma^2`` (Tweedie).
 """
@@ -47,7 +52,7 @@ __all__ = [
     "x0_to_v",
 ]
 
-PREDICTIONS = ("edm", "eps", "v", "x0")
+PREDICTIONS = ("edm", "eps", "v", "x0", "flow")
 QUANTITIES = ("eps", "x0", "v", "score")
 
 
@@ -66,7 +71,7 @@ def _check_prediction(prediction: str) -> None:
 
 
 def get_scalings(prediction: str, sigma: Tensor, sigma_data: float = 0.5) -> Scalings:
-    """Scalings of Karras et al. 2022, Eq. 7 / Table 1, for ``prediction`` in {"edm", "eps", "v", "x0"}.
+    """Scalings of Karras et al. 2022, Eq. 7 / Table 1, for ``prediction`` in {"edm", "eps", "v", "x0", "flow"}.
 
     Args:
         prediction: the network's prediction type (see the module table).
@@ -89,6 +94,9 @@ def get_scalings(prediction: str, sigma: Tensor, sigma_data: float = 0.5) -> Sca
     if prediction == "v":
         total = sigma**2 + 1
         return Scalings(1 / total, -sigma * total.rsqrt(), total.rsqrt(), c_noise)
+    if prediction == "flow":
+        scale = 1 / (1 + sigma)
+        return Scalings(scale, -sigma * scale, scale, c_noise)
     return Scalings(torch.zeros_like(sigma), ones, (sigma**2 + sigma_data**2).rsqrt(), c_noise)
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sample_unipc",
 ]
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -203,6 +204,136 @@ def sample_dpmpp_2m(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, callback=N
     return x
 
 
+def _phis(z: float, count: int) -> list[float]:
+    """``[phi_1(z), ..., phi_count(z)]``, ``phi_k(z) = int_0^1 e^((1 - t) z) t^(k-1) / (k-1)! dt``.
+
+    ``phi_0 = e^z`` and ``phi_(k+1)(z) = (phi_k(z) - 1/k!) / z``.  That upward recursion cancels for small |z|,
+    so there ``phi_count`` comes from its Taylor series ``sum_j z^j / (j + count)!`` and the others from the
+    stable downward form ``phi_k = 1/k! + z phi_(k+1)``.
+    """
+    if abs(z) >= 1.0:
+        values, value = [], math.exp(z)
+        for k in range(count):
+            value = (value - 1.0 / math.factorial(k)) / z
+            values.append(value)
+        return values
+    term = total = 1.0 / math.factorial(count)
+    j = 0
+    while abs(term) > 1e-18 * abs(total):
+        j += 1
+        term *= z / (j + count)
+        total += term
+    values = [total]
+    for k in range(count - 1, 0, -1):
+        values.append(1.0 / math.factorial(k) + z * values[-1])
+    return values[::-1]
+
+
+def _solve_small(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting for the tiny (n <= 3) UniPC systems, in Python floats."""
+    n = len(rhs)
+    a = [row[:] + [b] for row, b in zip(matrix, rhs)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(col + 1, n):
+            f = a[r][col] / a[col][col]
+            for c in range(col, n + 1):
+                a[r][c] -= f * a[col][c]
+    out = [0.0] * n
+    for r in reversed(range(n)):
+        out[r] = (a[r][n] - sum(a[r][c] * out[c] for c in range(r + 1, n))) / a[r][r]
+    return out
+
+
+def _unipc_coefficients(h: float, ratios: list[float]) -> list[float]:
+    """UniPC's ``a_m`` for the differences at ``r_m = ratios[m]``: solve ``sum_m a_m r_m^(k-1) = g_k(h)``.
+
+    ``g_k(h) = k! h phi_(k+1)(-h) / B(h)`` with ``B(h) = -expm1(-h)``, k = 1..len(ratios).  With a single
+    unknown the paper takes the h -> 0 limit ``a_1 = g_1(0) = 1/2`` (an O(h) change of a coefficient that
+    multiplies an O(h) difference, so the order is kept).
+    """
+    if len(ratios) == 1:
+        return [0.5]
+    phis = _phis(-h, len(ratios) + 1)
+    b_h = h * phis[0]  # = -expm1(-h)
+    rhs = [math.factorial(k) * h * phis[k] / b_h for k in range(1, len(ratios) + 1)]
+    matrix = [[r**k for r in ratios] for k in range(len(ratios))]
+    return _solve_small(matrix, rhs)
+
+
+def _unipc_update(x: Tensor, ratio: float, b_h: float, base: Tensor, terms: list[tuple[float, Tensor]]) -> Tensor:
+    """``ratio x + b_h (base + sum_m c_m (D_m - base))`` with the coefficients folded so that each tensor is
+    touched once: ``ratio x + b_h (1 - sum c_m) base + sum b_h c_m D_m``."""
+    out = x * ratio
+    out.add_(base, alpha=b_h * (1.0 - sum(c for c, _ in terms)))
+    for c, d in terms:
+        out.add_(d, alpha=b_h * c)
+    return out
+
+
+def sample_unipc(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, order: int = 2, callback=None) -> Tensor:
+    """UniPC, Zhao et al. 2023 ("UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
+    Models", Sec. 3), multistep, data-prediction form with ``B(h) = expm1`` ("bh2"), in this convention.
+
+    With ``lambda = -log sigma``, ``h_i = lambda_(i+1) - lambda_i``, ``D_j = D(x~_j, sigma_j)`` and
+    ``B(h) = -expm1(-h) = 1 - sigma_(i+1) / sigma_i`` (the data-prediction B(h) = e^h - 1 taken at -h; the sign
+    is folded in), UniP-p, the predictor of order p, is::
+
+        x~_(i+1) = (sigma_(i+1) / sigma_i) x_i + B(h_i) [D_i + sum_(m=1)^(p-1) a_m (D_(i-m) - D_i) / r_m]
+        r_m = (lambda_(i-m) - lambda_i) / h_i
+
+    and UniC-p, the corrector, redoes the same step once ``D_(i+1)`` is known, with one more difference
+    (``r_p = 1``), raising the order to p + 1::
+
+        x_(i+1) = (sigma_(i+1) / sigma_i) x_i + B(h_i) [D_i + sum_(m=1)^(p-1) a'_m (D_(i-m) - D_i) / r_m
+                                                        + a'_p (D_(i+1) - D_i)]
+
+    The coefficients solve ``sum_m a_m r_m^(k-1) = k! h phi_(k+1)(-h) / B(h)``, k = 1 .. (number of unknowns),
+    ``phi_(k+1)(z) = (phi_k(z) - 1/k!) / z``, ``phi_1(z) = expm1(z) / z``; with a single unknown a = 1/2 (so
+    UniP-2 is exactly DPM-Solver++(2M)).  ``D_(i+1)`` is evaluated at the predictor ``x~_(i+1)`` and reused by
+    the next step, so there is one denoiser call per step; the corrector is skipped after the last step (there
+    is no evaluation there) and the step to sigma = 0 returns ``D_i`` (h = inf).  Step i uses order
+    ``min(order, i + 1)``: the first steps have too little history.  ``order`` is 1, 2 or 3; unlike diffusers'
+    ``lower_order_final`` the order is not lowered on the last steps (the step to 0 is exact anyway), which
+    matches diffusers exactly for order 2.  Order 3 extrapolates over the large late steps of a short Karras
+    grid and is unstable at ~5 steps (benchmarks/sampler_accuracy.py); it pays from ~10 steps.
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
+        raise ValueError(
+            f"unipc order must be 1, 2 or 3 (the predictor's order; the corrector adds one), got {order!r}; "
+            "order=2 is the usual choice for guided sampling, order=3 for unguided"
+        )
+    sigmas, values = _prepare(x, sigmas)
+    total = len(sigmas) - 1
+    lambdas = [-math.log(v) if v > 0 else math.inf for v in values]
+    history: list[Tensor] = []  # denoised values at steps i, i-1, ... (newest first), at most `order`
+    x_prev, step_prev = None, None  # corrected state x_i and (h, ratios) of the step that left it
+    for i in range(total):
+        denoised = _call(denoise, x, sigmas[i])
+        _report(callback, i, total, x, sigmas[i], sigmas[i + 1], denoised)
+        if values[i + 1] == 0:
+            return denoised
+        if step_prev is not None:  # UniC: correct x_i with D_i, which was evaluated at the predictor x~_i
+            h, ratios = step_prev
+            coefficients = _unipc_coefficients(h, ratios + [1.0])
+            terms = [(a / r, d) for a, r, d in zip(coefficients, ratios, history[1:])]
+            terms.append((coefficients[-1], denoised))
+            x = _unipc_update(x_prev, values[i] / values[i - 1], -math.expm1(-h), history[0], terms)
+        history.insert(0, denoised)
+        del history[order:]
+        h = lambdas[i + 1] - lambdas[i]
+        p = min(order, i + 1)
+        ratios = [(lambdas[i - m] - lambdas[i]) / h for m in range(1, p)]
+        terms = []
+        if ratios:
+            coefficients = _unipc_coefficients(h, ratios)
+            terms = [(a / r, d) for a, r, d in zip(coefficients, ratios, history[1:])]
+        x_prev, step_prev = x, (h, ratios)
+        x = _unipc_update(x, values[i + 1] / values[i], -math.expm1(-h), denoised, terms)
+    return x
+
+
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
     """Split a step sigma -> sigma_next into a deterministic part and fresh noise: ``(sigma_down, sigma_up)``.
 
@@ -319,6 +450,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler_ancestral": sample_euler_ancestral,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "ddim": sample_ddim,
+    "unipc": sample_unipc,
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from atlas.diffusion import PREDICTIONS
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -29,7 +31,9 @@ class TrainingConfig:
         precision: "fp32", "bf16" (autocast, CPU or CUDA) or "fp16" (autocast + GradScaler, CUDA only).
         compile: wrap the network in torch.compile; falls back to eager with a warning if compiling fails.
         cond_dropout: probability of replacing a caption by the empty prompt (classifier-free guidance).
-        prediction: network parameterisation ("edm", "eps", "v", "x0").
+        prediction: network parameterisation ("edm", "eps", "v", "x0", or "flow" for flow matching). Training
+            noise levels: log-normal (EDM) for "edm" and "x0", VP-cosine for "eps" and "v", logit-normal t for
+            "flow".
         min_snr_gamma: min-SNR loss weighting (eps/v/x0 only; None = off).
         seed: seeds data order, noise, sigmas and dropout (all derived from (seed, step)).
         log_every, sample_every, checkpoint_every: periods in steps (0 = never for samples/checkpoints).
@@ -97,12 +101,13 @@ class TrainingConfig:
                              "on CPU use precision='bf16' or 'fp32'")
         if not 0 <= self.cond_dropout <= 1:
             raise ValueError(f"TrainingConfig.cond_dropout={self.cond_dropout!r} must be in [0, 1]")
-        if self.prediction not in ("edm", "eps", "v", "x0"):
-            raise ValueError(f"TrainingConfig.prediction={self.prediction!r} must be one of edm, eps, v, x0")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"TrainingConfig.prediction={self.prediction!r} must be one of {PREDICTIONS}")
         if self.min_snr_gamma is not None:
-            if self.prediction == "edm":
-                raise ValueError("TrainingConfig.min_snr_gamma applies to eps/v/x0 prediction; the EDM loss has its "
-                                 "own weighting. Set min_snr_gamma=None or prediction='eps'/'v'")
+            if self.prediction not in ("eps", "v", "x0"):
+                raise ValueError(f"TrainingConfig.min_snr_gamma applies to eps/v/x0 prediction, not "
+                                 f"{self.prediction!r} (which has its own weighting). Set min_snr_gamma=None or "
+                                 f"prediction='eps'/'v'")
             if not self.min_snr_gamma > 0:
                 raise ValueError(f"TrainingConfig.min_snr_gamma={self.min_snr_gamma!r} must be > 0 (5 is typical)")
 

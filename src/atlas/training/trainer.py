@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from atlas.bundle import ModelBundle
 from atlas.checkpoint import load_training_checkpoint, load_weights, save_checkpoint
-from atlas.diffusion import diffusion_loss, sample_sigmas_lognormal, sample_sigmas_vp
+from atlas.diffusion import diffusion_loss, sample_sigmas_logit_normal, sample_sigmas_lognormal, sample_sigmas_vp
 from atlas.images import make_grid, save_png
 from atlas.training.config import TrainingConfig
 from atlas.training.ema import EMA
@@ -130,8 +130,10 @@ class Trainer:
         return torch.autocast(device_type=torch.device(self.config.device).type, dtype=dtype)
 
     def _draw_sigmas(self, batch: int, generator: torch.Generator) -> Tensor:
-        if self.config.prediction == "edm":
+        if self.config.prediction in ("edm", "x0"):
             return sample_sigmas_lognormal(batch, generator=generator)
+        if self.config.prediction == "flow":
+            return sample_sigmas_logit_normal(batch, generator=generator)
         return sample_sigmas_vp(batch, generator=generator)
 
     def _forward_loss(self, images: Tensor, captions: list[str], sigma: Tensor, noise: Tensor) -> Tensor:

@@ -1,0 +1,12 @@
+"""Entropic optimal transport and the kernel operators it runs on (pure torch, no I/O).
+
+One convention everywhere: cost ``c(x, y) = ||x - y||^2`` and Gibbs kernel ``k_eps(x, y) = exp(-||x - y||^2 / eps)``
+(see :mod:`.kernels`).
+"""
+
+from .auto import KernelChoice, build_kernel_operator, select_kernel_operator
+from .direct import DirectKernel
+from .fft import FFTKernel
+from .kernels import COSTS, KernelOperator, cost_matrix, gaussian_kernel, gibbs_kernel, squared_distances
+from .nystrom import NystromKernel
+from .rff import RFFKernel
