@@ -49,6 +49,10 @@ def cli(verbose: bool) -> None:
 @click.option("--cond-dropout", default=0.1, show_default=True, type=float, help="Caption dropout for CFG.")
 @click.option("--prediction", default="edm", show_default=True, type=click.Choice(["edm", "eps", "v", "x0", "flow"]))
 @click.option("--min-snr-gamma", default=None, type=float, help="Min-SNR weighting (eps/v/x0).")
+@click.option("--coupling", default="independent", show_default=True, type=click.Choice(["independent", "ot", "sb"]),
+              help="Noise-data pairing inside a batch (minibatch OT / Schrodinger bridge).")
+@click.option("--coupling-eps", default=0.1, show_default=True, type=float,
+              help="Entropic regularisation of --coupling sb, relative to the median squared distance.")
 @click.option("--dataset-size", default=None, type=int, help="Items in a procedural dataset.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--base-channels", default=48, show_default=True, type=int)
@@ -66,7 +70,8 @@ def cli(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum: int, lr: float,
           warmup_steps: int, lr_schedule: str, grad_clip: float, ema_decay: float, precision: str, compile_: bool,
-          cond_dropout: float, prediction: str, min_snr_gamma: float | None, dataset: str, dataset_size: int | None,
+          cond_dropout: float, prediction: str, min_snr_gamma: float | None, coupling: str, coupling_eps: float,
+          dataset: str, dataset_size: int | None,
           seed: int, base_channels: int, channel_mult: tuple[int, ...], num_res_blocks: int,
           attention_levels: tuple[int, ...], norm_groups: int, text_dim: int, text_layers: int, log_every: int,
           sample_every: int, checkpoint_every: int, device: str, resume: bool, quiet: bool) -> None:
@@ -78,7 +83,8 @@ def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum
             dataset=dataset, dataset_size=dataset_size, resolution=resolution, steps=steps, batch_size=batch_size,
             grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_schedule=lr_schedule,
             grad_clip=grad_clip or None, ema_decay=ema_decay, precision=precision, compile=compile_,
-            cond_dropout=cond_dropout, prediction=prediction, min_snr_gamma=min_snr_gamma, seed=seed,
+            cond_dropout=cond_dropout, prediction=prediction, min_snr_gamma=min_snr_gamma, coupling=coupling,
+            coupling_eps=coupling_eps, seed=seed,
             log_every=log_every, sample_every=sample_every, checkpoint_every=checkpoint_every, device=device)
         model = dict(base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
                      attention_levels=attention_levels, norm_groups=norm_groups)

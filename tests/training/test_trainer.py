@@ -217,3 +217,38 @@ def test_sample_grids_and_metrics_are_written(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert {"loss", "lr", "grad_norm", "images_per_s", "elapsed_s"} <= set(records[0])
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0", "flow"])
+def test_every_prediction_type_trains_and_exports(tmp_path, prediction):
+    exported = _run(tmp_path / prediction, steps=2, prediction=prediction)
+    bundle = load_model(exported)
+    assert bundle.diffusion.prediction == prediction
+
+
+@pytest.mark.parametrize("coupling", ["ot", "sb"])
+def test_minibatch_couplings_train(tmp_path, coupling):
+    exported = _run(tmp_path / coupling, steps=2, coupling=coupling, prediction="flow")
+    saved = load_model(exported).metadata["training"]
+    assert saved["coupling"] == coupling
+
+
+def test_ot_coupling_pairs_noise_with_images_inside_the_batch(tmp_path, monkeypatch):
+    import atlas.training.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.pair_minibatch
+
+    def spy(images, noise, coupling, **kwargs):
+        result = real(images, noise, coupling, **kwargs)
+        seen.append((images.clone(), noise.clone(), result.noise.clone()))
+        return result
+
+    monkeypatch.setattr(trainer_module, "pair_minibatch", spy)
+    trainer = Trainer(tiny_bundle(), _FixedDataset(8), TrainingConfig(batch_size=8, coupling="ot", steps=1,
+                      checkpoint_every=0), tmp_path, progress=False)
+    trainer.train_step()
+    images, noise, paired = seen[0]
+    # A permutation of the same noise, with total squared distance no larger than the independent pairing.
+    assert torch.equal(paired.flatten(1).sort(0).values, noise.flatten(1).sort(0).values)
+    assert (images - paired).square().sum() <= (images - noise).square().sum() + 1e-6

@@ -43,8 +43,9 @@ def test_assignment_matches_brute_force(n):
 def test_assignment_matches_scipy(n):
     optimize = pytest.importorskip("scipy.optimize")
     g = _gen(n)
+    points = torch.randn(2, n, 8, generator=g, dtype=F64)
     for cost in (torch.rand(n, n, generator=g, dtype=F64), torch.randint(0, 5, (n, n), generator=g).to(F64),
-                 squared_distances(torch.randn(n, 8, generator=g, dtype=F64), torch.randn(n, 8, generator=g, dtype=F64))):
+                 squared_distances(points[0], points[1])):
         rows, cols = optimize.linear_sum_assignment(cost.numpy())
         assert _assignment_cost(cost, solve_assignment(cost)) == pytest.approx(float(cost[rows, cols].sum()), abs=1e-9)
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from atlas.diffusion import PREDICTIONS
+from atlas.transport.coupling import COUPLINGS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -35,6 +36,9 @@ class TrainingConfig:
             noise levels: log-normal (EDM) for "edm" and "x0", VP-cosine for "eps" and "v", logit-normal t for
             "flow".
         min_snr_gamma: min-SNR loss weighting (eps/v/x0 only; None = off).
+        coupling: how noise is paired with the images of a batch: "independent", "ot" (exact minibatch OT
+            assignment, OT-CFM) or "sb" (draws from the entropic plan, SB-CFM); see atlas.transport.coupling.
+        coupling_eps: entropic regularisation for "sb", as a fraction of the batch's median squared distance.
         seed: seeds data order, noise, sigmas and dropout (all derived from (seed, step)).
         log_every, sample_every, checkpoint_every: periods in steps (0 = never for samples/checkpoints).
         keep_checkpoints: how many step checkpoints to keep (older ones are deleted after a newer one is saved).
@@ -60,6 +64,8 @@ class TrainingConfig:
     cond_dropout: float = 0.1
     prediction: str = "edm"
     min_snr_gamma: float | None = None
+    coupling: str = "independent"
+    coupling_eps: float = 0.1
     seed: int = 0
     log_every: int = 50
     sample_every: int = 0
@@ -103,6 +109,10 @@ class TrainingConfig:
             raise ValueError(f"TrainingConfig.cond_dropout={self.cond_dropout!r} must be in [0, 1]")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"TrainingConfig.prediction={self.prediction!r} must be one of {PREDICTIONS}")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"TrainingConfig.coupling={self.coupling!r} must be one of {COUPLINGS}")
+        if not self.coupling_eps > 0:
+            raise ValueError(f"TrainingConfig.coupling_eps={self.coupling_eps!r} must be > 0 (0.1 is typical)")
         if self.min_snr_gamma is not None:
             if self.prediction not in ("eps", "v", "x0"):
                 raise ValueError(f"TrainingConfig.min_snr_gamma applies to eps/v/x0 prediction, not "

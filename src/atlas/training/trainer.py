@@ -28,6 +28,7 @@ from atlas.checkpoint import load_training_checkpoint, load_weights, save_checkp
 from atlas.diffusion import diffusion_loss, sample_sigmas_logit_normal, sample_sigmas_lognormal, sample_sigmas_vp
 from atlas.images import make_grid, save_png
 from atlas.training.config import TrainingConfig
+from atlas.transport.coupling import pair_minibatch
 from atlas.training.ema import EMA
 from atlas.training.optim_state import optimizer_state_from_files, optimizer_state_to_files
 
@@ -191,6 +192,12 @@ class Trainer:
             # exactly what generation uses on the unconditional side.
             drop = torch.rand(len(captions), generator=generator, device=cfg.device) < cfg.cond_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        if cfg.coupling != "independent":
+            # Minibatch OT / SB pairing of noise with images (Tong et al. 2023). Its own random stream, so the
+            # independent coupling's draws are unchanged.
+            pairing_generator = torch.Generator(device=cfg.device).manual_seed(step_seed(cfg.seed, self.step, 4))
+            noise = pair_minibatch(images, noise, cfg.coupling, eps=cfg.coupling_eps,
+                                   generator=pairing_generator).noise
         lr = learning_rate(cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

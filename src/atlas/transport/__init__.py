@@ -10,3 +10,6 @@ from .fft import FFTKernel
 from .kernels import COSTS, KernelOperator, cost_matrix, gaussian_kernel, gibbs_kernel, squared_distances
 from .nystrom import NystromKernel
 from .rff import RFFKernel
+from .bridge import brownian_bridge_mean, brownian_bridge_sample, brownian_bridge_variance, sb_cfm_target
+from .coupling import COUPLINGS, MinibatchPairing, pair_minibatch, solve_assignment
+from .sinkhorn import EntropicCost, SinkhornResult, grid_sinkhorn, sinkhorn

@@ -88,7 +88,8 @@ def brownian_bridge_sample(
         x0, x1: paired endpoints, shape (B, ...).
         t: time in [0, 1], a float, a 0-d tensor or shape (B,) (one time per pair).
         sigma_sq: diffusion of the reference Brownian motion (variance per unit time), >= 0.
-        generator: for ``z``; drawn on the generator's device, then moved to ``x0``'s.
+        generator: for ``z``; drawn on the generator's device, then moved to ``x0``'s.  Nothing is drawn when
+            ``sigma_sq = 0``.
 
     Returns:
         ``x_t``, shape (B, ...); exactly ``x0`` at t = 0 and ``x1`` at t = 1.

@@ -52,7 +52,7 @@ def solve_assignment(cost: Tensor) -> Tensor:
     Rows are inserted one at a time; each insertion is a Dijkstra search over reduced costs
     ``C_ij - u_i - v_j >= 0`` from the new row to a free column, followed by the dual update that keeps
     every matched edge tight, then an augmentation along the path (Kuhn 1955; Jonker & Volgenant 1987;
-    Burkard, Dell'Amico & Martello, "Assignment Problems", Sec. 4.4).  O(n^3) time, O(n^2) memory;
+    Burkard, Dell'Amico & Martello 2009, "Assignment Problems").  O(n^3) time, O(n^2) memory;
     fine for the minibatch sizes of training (<= ~1000).
 
     Args:
