@@ -184,24 +184,8 @@ def sample_dpmpp_2m(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, callback=N
     ``D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``r = h_{i-1} / h``; the first step and the step to sigma = 0
     (h = inf, where the update is x_next = D_i) are first order.  One denoiser call per step.
     """
-    sigmas, values = _prepare(x, sigmas)
-    total = len(sigmas) - 1
-    denoised_prev, h_prev = None, None
-    for i in range(total):
-        denoised = _call(denoise, x, sigmas[i])
-        _report(callback, i, total, x, sigmas[i], sigmas[i + 1], denoised)
-        if values[i + 1] == 0:
-            x = denoised
-            break
-        h = math.log(values[i] / values[i + 1])
-        if denoised_prev is None:
-            denoised_hat = denoised
-        else:
-            r = h_prev / h
-            denoised_hat = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * denoised_prev
-        x = (values[i + 1] / values[i]) * x - math.expm1(-h) * denoised_hat
-        denoised_prev, h_prev = denoised, h
-    return x
+    # The SDE solver with eta = 0 is exactly this ODE solver: one implementation serves both.
+    return sample_dpmpp_2m_sde(denoise, x, sigmas, eta=0.0, callback=callback)
 
 
 def _phis(z: float, count: int) -> list[float]:
