@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from transport_testing import held_bytes
 
 from atlas.transport import (
     DirectKernel,
@@ -62,13 +63,6 @@ def test_selection_table(case, kind):
                                   dtype_bytes=dtype_bytes) == choice
 
 
-def _held_bytes(op) -> int:
-    storages = {}
-    for name, value in vars(op).items():
-        if isinstance(value, torch.Tensor) and name not in ("x", "y"):
-            storages[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
-    return sum(storages.values())
-
 
 @pytest.mark.parametrize(
     "num_points, dim, budget, kind, cls",
@@ -90,7 +84,7 @@ def test_built_operators_stay_under_the_budget(num_points, dim, budget, kind, cl
     op = build_kernel_operator(choice, x, y, eps=float(dim), generator=gen)
     assert isinstance(op, cls) and op.shape == (m, n)
     op.apply(torch.ones(n))  # the dense operator builds its kernel matrix on first use
-    assert _held_bytes(op) <= op.memory_bytes <= choice.estimated_bytes <= budget
+    assert held_bytes(op) <= op.memory_bytes <= choice.estimated_bytes <= budget
 
 
 def test_fft_choice_builds_a_grid_operator():

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from transport_testing import held_bytes
 
 from atlas.transport import (
     DirectKernel,
@@ -168,14 +169,6 @@ OPERATORS = {
 }
 
 
-def _held_bytes(op) -> int:
-    """Bytes of the tensors an operator holds, not counting the input points it references."""
-    storages = {}
-    for name, value in vars(op).items():
-        if isinstance(value, torch.Tensor) and name not in ("x", "y"):
-            storages[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
-    return sum(storages.values())
-
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
 def test_operator_contract(name):
@@ -192,7 +185,7 @@ def test_operator_contract(name):
     # adjointness <K v, w> = <v, K^T w>
     assert math.isclose(float((op.apply(v) * w).sum()), float((v * op.apply_T(w)).sum()), rel_tol=1e-10, abs_tol=1e-12)
     assert op.error_estimate() >= 0.0
-    assert 0 < _held_bytes(op) <= op.memory_bytes
+    assert 0 < held_bytes(op) <= op.memory_bytes
     with pytest.raises(ValueError, match=f"\\({n},\\) or \\({n}, k\\)"):
         op.apply(torch.zeros(n + 1, dtype=F64))
     with pytest.raises(ValueError, match="convert it"):

@@ -223,3 +223,38 @@ def sampled_entry_error(
     distances = diff.square().sum(dim=1)
     exact = (distances if cost == "sqeuclidean" else distances.sqrt()).div(-eps).exp()
     return float((approx_entries(rows, cols) - exact).abs().mean())
+
+
+class LowRankKernel(KernelOperator):
+    """A kernel operator held in factored form ``K ~ A_x A_y^T`` (random features, Nystrom).
+
+    Subclasses set ``x``, ``y``, ``eps``, ``cost``, ``shape`` and implement :meth:`factors`; apply, its
+    transpose, the dense approximation and the sampled error estimate are the same for every factorisation.
+    """
+
+    @abstractmethod
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(A_x, A_y)`` of shapes (m, r) and (n, r)."""
+
+    def apply(self, v: Tensor) -> Tensor:
+        """``A_x (A_y^T v)`` in O((m + n) r k) for v (n,) or (n, k)."""
+        self._check_operand(v, self.shape[1], "v")
+        left, right = self.factors()
+        return left @ (right.T @ v)
+
+    def apply_T(self, w: Tensor) -> Tensor:
+        self._check_operand(w, self.shape[0], "w")
+        left, right = self.factors()
+        return right @ (left.T @ w)
+
+    def pairwise(self) -> Tensor:
+        """The approximate kernel matrix ``A_x A_y^T`` (m, n), unclamped (not the exact kernel)."""
+        left, right = self.factors()
+        return left @ right.T
+
+    def error_estimate(self, num_entries: int = 4096, seed: int = 0) -> float:
+        """Monte-Carlo estimate of ``mean_ij |K~_ij - K_ij|`` against the exact kernel on ``num_entries`` random
+        entries (all entries when m n <= num_entries)."""
+        left, right = self.factors()
+        return sampled_entry_error(lambda rows, cols: (left[rows] * right[cols]).sum(dim=1),
+                                   self.x, self.y, self.eps, self.cost, num_entries, seed)

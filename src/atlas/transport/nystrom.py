@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .kernels import KernelOperator, check_cost, check_eps, check_points, gibbs_kernel, sampled_entry_error
+from .kernels import LowRankKernel, check_cost, check_eps, check_points, gibbs_kernel
 
 __all__ = ["NystromKernel", "nystrom_memory_bytes"]
 
@@ -31,7 +31,7 @@ def nystrom_memory_bytes(num_rows: int, num_cols: int, num_landmarks: int, dtype
     return 2 * points * num_landmarks * dtype_bytes + 3 * num_landmarks * num_landmarks * 8
 
 
-class NystromKernel(KernelOperator):
+class NystromKernel(LowRankKernel):
     """Low-rank Nystrom approximation of the Gibbs kernel ``exp(-c(x_i, y_j) / eps)``.
 
     Args:
@@ -84,26 +84,9 @@ class NystromKernel(KernelOperator):
         self.factor_x = gibbs_kernel(x, landmarks, self.eps, cost) @ whitening
         self.factor_y = self.factor_x if self.symmetric else gibbs_kernel(y, landmarks, self.eps, cost) @ whitening
 
-    def apply(self, v: Tensor) -> Tensor:
-        """``A_x (A_y^T v)`` in O((m + n) r k) for v (n,) or (n, k)."""
-        self._check_operand(v, self.shape[1], "v")
-        return self.factor_x @ (self.factor_y.T @ v)
-
-    def apply_T(self, w: Tensor) -> Tensor:
-        self._check_operand(w, self.shape[0], "w")
-        return self.factor_y @ (self.factor_x.T @ w)
-
-    def pairwise(self) -> Tensor:
-        """The approximate kernel matrix ``A_x A_y^T`` (m, n) (not the exact kernel)."""
-        return self.factor_x @ self.factor_y.T
-
-    def error_estimate(self, num_entries: int = 4096, seed: int = 0) -> float:
-        """Monte-Carlo estimate of ``mean_ij |K~_ij - K_ij|`` measured against the exact kernel on ``num_entries``
-        random entries (all entries when m n <= num_entries)."""
-        return sampled_entry_error(
-            lambda rows, cols: (self.factor_x[rows] * self.factor_y[cols]).sum(dim=1),
-            self.x, self.y, self.eps, self.cost, num_entries, seed,
-        )
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(A_x, A_y)``: the landmark factors. The error estimate is measured, not a bound."""
+        return self.factor_x, self.factor_y
 
     @property
     def memory_bytes(self) -> int:

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .kernels import KernelOperator, check_cost, check_eps, check_points, sampled_entry_error
+from .kernels import LowRankKernel, check_cost, check_eps, check_points
 
 __all__ = ["RFFKernel", "rff_memory_bytes"]
 
@@ -48,7 +48,7 @@ def rff_memory_bytes(num_rows: int, num_cols: int, dim: int, num_features: int, 
     return (num_rows + num_cols) * num_features * dtype_bytes + 4 * block * (dim + block) * 8
 
 
-class RFFKernel(KernelOperator):
+class RFFKernel(LowRankKernel):
     """Random-Fourier-feature approximation ``K ~ Phi_x Phi_y^T`` of the Gibbs kernel, applied in O((m + n) D).
 
     Args:
@@ -135,26 +135,9 @@ class RFFKernel(KernelOperator):
         weight = radial_scale * gaussian.norm(dim=1)
         return lambda z: (z @ orthonormal.T).mul_(weight)
 
-    def apply(self, v: Tensor) -> Tensor:
-        """``Phi_x (Phi_y^T v)`` in O((m + n) D k) for v (n,) or (n, k)."""
-        self._check_operand(v, self.shape[1], "v")
-        return self.features_x @ (self.features_y.T @ v)
-
-    def apply_T(self, w: Tensor) -> Tensor:
-        self._check_operand(w, self.shape[0], "w")
-        return self.features_y @ (self.features_x.T @ w)
-
-    def pairwise(self) -> Tensor:
-        """The approximate kernel matrix ``Phi_x Phi_y^T`` (m, n), unclamped."""
-        return self.features_x @ self.features_y.T
-
-    def error_estimate(self, num_entries: int = 4096, seed: int = 0) -> float:
-        """Monte-Carlo estimate of ``mean_ij |K~_ij - K_ij|`` on ``num_entries`` random entries (exact kernel as
-        reference; all entries when m n <= num_entries).  Expected to be below ``1 / sqrt(D)`` for iid features."""
-        return sampled_entry_error(
-            lambda rows, cols: (self.features_x[rows] * self.features_y[cols]).sum(dim=1),
-            self.x, self.y, self.eps, self.cost, num_entries, seed,
-        )
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(Phi_x, Phi_y)``; the sampled error is expected below ``1 / sqrt(D)`` for iid features."""
+        return self.features_x, self.features_y
 
     @property
     def memory_bytes(self) -> int:
