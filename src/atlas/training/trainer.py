@@ -92,7 +92,6 @@ class Trainer:
                                            weight_decay=config.weight_decay)
         self.ema = EMA(self.bundle, config.ema_decay, config.ema_warmup) if config.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-        self.network: nn.Module = self.bundle.network
         self._compile_pending = config.compile
         self._compile_fn = compile_fn or torch.compile
         self.denoiser = self.bundle.denoiser()
@@ -146,7 +145,6 @@ class Trainer:
                 with self._autocast():
                     losses = diffusion_loss(self.bundle.denoiser(compiled), images, sigma, noise, cond,
                                             min_snr_gamma=self.config.min_snr_gamma)
-                self.network = compiled
                 self.denoiser = self.bundle.denoiser(compiled)
                 return losses
             except Exception as error:  # torch.compile raises many types (Inductor, Dynamo, C++ toolchain)
