@@ -65,7 +65,10 @@ def main() -> None:
                  steps=args.steps, guidance_scale=3.0, seed=0)
 
     seconds, all_times = (None, []) if args.skip_speed else median_time(sixteen, repeats=3)
+    model_facts = {"parameters": sum(p.numel() for p in bundle.parameters()),
+                   "bytes_on_disk": sum(f.stat().st_size for f in path.iterdir() if f.is_file())}
     document = {"benchmark": "demo_quality", "environment": environment(), "checkpoint": str(path),
+                "model": model_facts,
                 "settings": vars(args), "results": rows,
                 "speed": {"images": 16, "steps": args.steps, "sampler": "dpmpp_2m", "guidance": 3.0,
                           "median_s": seconds, "runs_s": all_times}}
