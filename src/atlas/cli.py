@@ -12,7 +12,7 @@ import click
 
 DEFAULT_OUT = "atlas-outputs"
 # Kept in step with atlas.diffusion.SAMPLERS by tests/cli/test_cli.py (importing it here would load torch for --help).
-SAMPLER_NAMES = ["ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "unipc"]
+SAMPLER_NAMES = ["ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "flow_heun", "heun", "unipc"]
 
 
 def _int_tuple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -105,7 +105,7 @@ def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum
 @click.option("--sampler", default="dpmpp_2m", show_default=True,
               type=click.Choice(SAMPLER_NAMES))
 @click.option("--schedule", default="karras", show_default=True,
-              type=click.Choice(["karras", "exponential", "vp_linear", "vp_cosine"]), help="Sigma grid.")
+              type=click.Choice(["karras", "exponential", "flow", "vp_linear", "vp_cosine"]), help="Sigma grid.")
 @click.option("--guidance-scale", default=3.0, show_default=True, type=float)
 @click.option("--negative-prompt", default=None, help="Used on the unconditional side of guidance.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Image i uses seed + i.")

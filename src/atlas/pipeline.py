@@ -85,8 +85,11 @@ def generate(bundle: ModelBundle, prompts: Sequence[str] | str | None = None, *,
     side = resolution or config.resolution
     device, dtype = bundle.device, next(bundle.network.parameters()).dtype
     spec = bundle.diffusion
-    # Karras and exponential grids span the model's trained sigma range; VP grids carry their own range.
+    # Karras and exponential grids span the model's trained sigma range, the flow grid starts at its top; VP grids
+    # carry their own range.
     span = {"sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max} if schedule in SIGMA_RANGE_SCHEDULES else {}
+    if schedule == "flow":
+        span = {"sigma_max": spec.sigma_max}
     sigmas = get_sigmas(schedule, steps, **span).to(device, dtype)
     denoiser = bundle.denoiser()
     total = len(all_prompts)

@@ -35,7 +35,7 @@ STOCHASTIC_OPTIONS = {
 # Karras grid.  First-order methods carry an O(1/n) bias that is 5.6 % (Euler, DDIM) and 11 % (Euler ancestral)
 # at 50 steps: test_first_order_bias_is_the_schemes_own checks that value against the closed-form recursion.
 STEPS = {"euler": 100, "ddim": 100, "euler_ancestral": 200, "heun": 50, "dpmpp_2m": 50, "dpmpp_2m_sde": 50,
-         "unipc": 50}
+         "unipc": 50, "flow_heun": 50}
 
 
 def gaussian_run(name: str, prediction: str, steps: int, seed: int = 0, **options) -> torch.Tensor:
@@ -55,7 +55,7 @@ def test_samplers_reach_the_gaussian(name, prediction):
     assert abs(out.std().item() / 0.5 - 1.0) < 0.05
 
 
-@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"])
+@pytest.mark.parametrize("name", ["heun", "flow_heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"])
 def test_second_order_samplers_reach_the_gaussian_in_50_steps_edm(name):
     out = gaussian_run(name, "edm", 50)
     assert abs(out.mean().item() - 2.0) < 0.03
@@ -103,7 +103,7 @@ def test_mixture_component_weights(name):
         assert abs(members.std(0).mean().item() / mixture.stds[k].item() - 1) < 0.1
 
 
-@pytest.mark.parametrize("name, order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
+@pytest.mark.parametrize("name, order", [("euler", 1), ("heun", 2), ("flow_heun", 2), ("dpmpp_2m", 2)])
 def test_convergence_order(name, order):
     """PF-ODE for Gaussian data is linear: x(sigma) = mu + sqrt((s^2 + sigma^2)/(s^2 + sigma_T^2)) (x_T - mu)."""
     data = Gaussian()

@@ -23,6 +23,7 @@ from . import convention
 __all__ = [
     "SCHEDULES",
     "exponential_sigmas",
+    "flow_sigmas",
     "get_sigmas",
     "karras_sigmas",
     "vp_cosine_alpha_bar",
@@ -186,9 +187,36 @@ def vp_cosine_sigmas(
     return _finish(sigmas, append_zero, dtype, device)
 
 
+def flow_sigmas(
+    n: int,
+    sigma_max: float = 80.0,
+    *,
+    append_zero: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> Tensor:
+    """Uniform steps in the rectified-flow time ``t`` of the path ``x_t = (1 - t) x0 + t noise``.
+
+    ``t_i = t_max (n - i) / n`` for i = 0..n-1 with ``t_max = sigma_max / (1 + sigma_max)``, mapped to
+    ``sigma = t / (1 - t)`` (then ``x_t = (1 - t) x`` in our convention, so a sampler's state is the flow's state
+    rescaled).  On this grid an Euler (= DDIM) step in sigma is exactly the flow-matching Euler step
+    ``x_t' = x_t + (t' - t) u`` (Liu et al. 2023; Lipman et al. 2023), the usual way to sample a flow model.
+    ``sigma_max`` stands for t = 1 (sigma = inf), which a sampler cannot start from: 80 gives t_max ~ 0.988.
+
+    Returns shape (n + 1,) with ``append_zero`` (ending at t = 0) else (n,), descending.
+    """
+    _check_n(n)
+    if not 0.0 < sigma_max < math.inf:
+        raise ValueError(f"sigma_max must be positive and finite, got {sigma_max!r}; 80.0 gives t_max ~ 0.988")
+    t_max = sigma_max / (1.0 + sigma_max)
+    t = t_max * torch.arange(n, 0, -1, dtype=torch.float64) / n
+    return _finish(t / (1.0 - t), append_zero, dtype, device)
+
+
 SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "karras": karras_sigmas,
     "exponential": exponential_sigmas,
+    "flow": flow_sigmas,
     "vp_linear": vp_linear_sigmas,
     "vp_cosine": vp_cosine_sigmas,
 }
