@@ -53,6 +53,11 @@ def cli(verbose: bool) -> None:
               help="Noise-data pairing inside a batch (minibatch OT / Schrodinger bridge).")
 @click.option("--coupling-eps", default=0.1, show_default=True, type=float,
               help="Entropic regularisation of --coupling sb, relative to the median squared distance.")
+@click.option("--coupling-solver", default="auto", show_default=True,
+              type=click.Choice(["auto", "direct", "nystrom", "rff"]),
+              help="Kernel operator of the --coupling sb solve (auto: exact whenever the dense kernel fits).")
+@click.option("--sb-iterations", default=1000, show_default=True, type=int,
+              help="Sinkhorn iteration cap per batch for --coupling sb.")
 @click.option("--dataset-size", default=None, type=int, help="Items in a procedural dataset.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--base-channels", default=48, show_default=True, type=int)
@@ -71,11 +76,13 @@ def cli(verbose: bool) -> None:
 def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum: int, lr: float,
           warmup_steps: int, lr_schedule: str, grad_clip: float, ema_decay: float, precision: str, compile_: bool,
           cond_dropout: float, prediction: str, min_snr_gamma: float | None, coupling: str, coupling_eps: float,
+          coupling_solver: str, sb_iterations: int,
           dataset: str, dataset_size: int | None,
           seed: int, base_channels: int, channel_mult: tuple[int, ...], num_res_blocks: int,
           attention_levels: tuple[int, ...], norm_groups: int, text_dim: int, text_layers: int, log_every: int,
           sample_every: int, checkpoint_every: int, device: str, resume: bool, quiet: bool) -> None:
     """Train a text-conditioned diffusion model and export it to OUT/model."""
+    from atlas.config import KernelConfig
     from atlas.training import TrainingConfig, train as run_training
 
     try:
@@ -84,7 +91,8 @@ def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum
             grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, lr_schedule=lr_schedule,
             grad_clip=grad_clip or None, ema_decay=ema_decay, precision=precision, compile=compile_,
             cond_dropout=cond_dropout, prediction=prediction, min_snr_gamma=min_snr_gamma, coupling=coupling,
-            coupling_eps=coupling_eps, seed=seed,
+            coupling_kernel=KernelConfig(solver_type=coupling_solver, epsilon=coupling_eps),
+            sb_iterations=sb_iterations, seed=seed,
             log_every=log_every, sample_every=sample_every, checkpoint_every=checkpoint_every, device=device)
         model = dict(base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
                      attention_levels=attention_levels, norm_groups=norm_groups)

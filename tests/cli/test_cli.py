@@ -62,3 +62,14 @@ def test_cli_offers_every_sampler():
     from atlas.diffusion import SAMPLERS
 
     assert SAMPLER_NAMES == sorted(SAMPLERS)
+
+
+def test_train_coupling_flags_reach_the_saved_config(tmp_path):
+    out = tmp_path / "sb"
+    result = CliRunner().invoke(cli, ["train", "--dataset", "shapes", "--out", str(out), "--steps", "1",
+                                      "--prediction", "flow", "--coupling", "sb", "--coupling-eps", "0.3",
+                                      "--coupling-solver", "direct", "--sb-iterations", "50", *TINY])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "model" / "config.json").read_text())["metadata"]["training"]
+    assert saved["coupling_kernel"]["solver_type"] == "direct" and saved["coupling_kernel"]["epsilon"] == 0.3
+    assert saved["sb_iterations"] == 50

@@ -85,7 +85,17 @@ def test_argument_errors(kwargs, match):
         generate(tiny_bundle(), ["a red circle"], **kwargs)
 
 
-@pytest.mark.parametrize("schedule", ["karras", "exponential", "vp_linear", "vp_cosine"])
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "flow", "vp_linear", "vp_cosine"])
 def test_every_schedule_generates(schedule):
     images = generate(_trained_like(tiny_bundle()), ["a red circle"], steps=3, schedule=schedule).images
     assert images.shape == (1, 3, 8, 8) and torch.isfinite(images).all()
+
+
+def test_flow_grid_starts_at_the_models_sigma_max():
+    bundle = _trained_like(tiny_bundle())
+    seen = []
+    generate(bundle, ["a red circle"], steps=4, schedule="flow", sampler="flow_heun", callback=seen.append)
+    sigma_max = bundle.diffusion.sigma_max
+    t_max = sigma_max / (1 + sigma_max)
+    assert [round(float(i.sigma), 4) for i in seen] == [round(t / (1 - t), 4) for t in (t_max, 0.75 * t_max,
+                                                                                          0.5 * t_max, 0.25 * t_max)]

@@ -252,3 +252,30 @@ def test_ot_coupling_pairs_noise_with_images_inside_the_batch(tmp_path, monkeypa
     # A permutation of the same noise, with total squared distance no larger than the independent pairing.
     assert torch.equal(paired.flatten(1).sort(0).values, noise.flatten(1).sort(0).values)
     assert (images - paired).square().sum() <= (images - noise).square().sum() + 1e-6
+
+
+def test_coupling_kernel_settings_round_trip_and_reach_the_pairing(tmp_path, monkeypatch):
+    import atlas.training.trainer as trainer_module
+    from atlas.config import KernelConfig
+
+    kernel = KernelConfig(solver_type="nystrom", epsilon=0.5, nystrom_landmarks=6)
+    config = TrainingConfig(batch_size=8, coupling="sb", steps=1, checkpoint_every=0, coupling_kernel=kernel,
+                            sb_iterations=321)
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+    legacy = {k: v for k, v in config.to_dict().items() if k != "coupling_kernel"} | {"coupling_eps": 0.3}
+    assert TrainingConfig.from_dict(legacy).coupling_kernel == KernelConfig(epsilon=0.3)
+    with pytest.raises(ValueError, match="sb_iterations=0"):
+        TrainingConfig(sb_iterations=0)
+
+    seen = {}
+    real = trainer_module.pair_minibatch
+
+    def spy(images, noise, coupling, **kwargs):
+        factory = kwargs["kernel_factory"]
+        seen.update(kwargs, operator=factory(images.flatten(1).double(), noise.flatten(1).double(), 1.0))
+        return real(images, noise, coupling, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "pair_minibatch", spy)
+    Trainer(tiny_bundle(), _FixedDataset(8), config, tmp_path, progress=False).train_step()
+    assert seen["eps"] == 0.5 and seen["relative_eps"] and seen["max_iter"] == 321
+    assert type(seen["operator"]).__name__ == "NystromKernel" and seen["operator"].num_landmarks == 6

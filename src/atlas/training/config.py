@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from atlas.config.kernel import KernelConfig
 from atlas.diffusion import PREDICTIONS
 from atlas.transport.coupling import COUPLINGS
 
@@ -38,7 +39,9 @@ class TrainingConfig:
         min_snr_gamma: min-SNR loss weighting (eps/v/x0 only; None = off).
         coupling: how noise is paired with the images of a batch: "independent", "ot" (exact minibatch OT
             assignment, OT-CFM) or "sb" (draws from the entropic plan, SB-CFM); see atlas.transport.coupling.
-        coupling_eps: entropic regularisation for "sb", as a fraction of the batch's median squared distance.
+        coupling_kernel: the entropic-OT settings of "sb" (epsilon, relative to the batch's median squared
+            distance by default, and the kernel operator); see atlas.config.KernelConfig.
+        sb_iterations: Sinkhorn iteration cap per batch for "sb" (a RuntimeWarning says when it is reached).
         seed: seeds data order, noise, sigmas and dropout (all derived from (seed, step)).
         log_every, sample_every, checkpoint_every: periods in steps (0 = never for samples/checkpoints).
         keep_checkpoints: how many step checkpoints to keep (older ones are deleted after a newer one is saved).
@@ -65,7 +68,8 @@ class TrainingConfig:
     prediction: str = "edm"
     min_snr_gamma: float | None = None
     coupling: str = "independent"
-    coupling_eps: float = 0.1
+    coupling_kernel: KernelConfig = field(default_factory=KernelConfig)
+    sb_iterations: int = 1000
     seed: int = 0
     log_every: int = 50
     sample_every: int = 0
@@ -111,8 +115,12 @@ class TrainingConfig:
             raise ValueError(f"TrainingConfig.prediction={self.prediction!r} must be one of {PREDICTIONS}")
         if self.coupling not in COUPLINGS:
             raise ValueError(f"TrainingConfig.coupling={self.coupling!r} must be one of {COUPLINGS}")
-        if not self.coupling_eps > 0:
-            raise ValueError(f"TrainingConfig.coupling_eps={self.coupling_eps!r} must be > 0 (0.1 is typical)")
+        if not isinstance(self.coupling_kernel, KernelConfig):
+            raise TypeError(f"TrainingConfig.coupling_kernel must be a KernelConfig, got "
+                            f"{type(self.coupling_kernel).__name__}; use KernelConfig.from_dict for a dict")
+        if isinstance(self.sb_iterations, bool) or not isinstance(self.sb_iterations, int) or self.sb_iterations < 1:
+            raise ValueError(f"TrainingConfig.sb_iterations={self.sb_iterations!r} must be a positive integer "
+                             "(1000 is plenty for eps = 0.1 x the median squared distance)")
         if self.min_snr_gamma is not None:
             if self.prediction not in ("eps", "v", "x0"):
                 raise ValueError(f"TrainingConfig.min_snr_gamma applies to eps/v/x0 prediction, not "
@@ -132,8 +140,13 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+        data = dict(data)
+        if "coupling_eps" in data:  # written before KernelConfig existed (same meaning: relative epsilon)
+            data["coupling_kernel"] = {"epsilon": data.pop("coupling_eps")}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown TrainingConfig fields {unknown}; valid fields are {sorted(known)}")
+        if isinstance(data.get("coupling_kernel"), dict):
+            data["coupling_kernel"] = KernelConfig.from_dict(data["coupling_kernel"])
         return cls(**data)

@@ -194,7 +194,10 @@ class Trainer:
             # Minibatch OT / SB pairing of noise with images (Tong et al. 2023). Its own random stream, so the
             # independent coupling's draws are unchanged.
             pairing_generator = torch.Generator(device=cfg.device).manual_seed(step_seed(cfg.seed, self.step, 4))
-            noise = pair_minibatch(images, noise, cfg.coupling, eps=cfg.coupling_eps,
+            kernel = cfg.coupling_kernel
+            noise = pair_minibatch(images, noise, cfg.coupling, eps=kernel.epsilon,
+                                   relative_eps=kernel.relative_epsilon, max_iter=cfg.sb_iterations,
+                                   kernel_factory=kernel.kernel_factory(seed=step_seed(cfg.seed, self.step, 5)),
                                    generator=pairing_generator).noise
         lr = learning_rate(cfg, self.step)
         for group in self.optimizer.param_groups:

@@ -11,5 +11,6 @@ from .kernels import COSTS, KernelOperator, cost_matrix, gaussian_kernel, gibbs_
 from .nystrom import NystromKernel
 from .rff import RFFKernel
 from .bridge import brownian_bridge_mean, brownian_bridge_sample, brownian_bridge_variance, sb_cfm_target
-from .coupling import COUPLINGS, MinibatchPairing, pair_minibatch, solve_assignment
+from .coupling import COUPLINGS, KernelFactory, MinibatchPairing, pair_minibatch, solve_assignment
+from .kernel_sinkhorn import KernelSinkhornResult, kernel_sinkhorn
 from .sinkhorn import EntropicCost, SinkhornResult, grid_sinkhorn, sinkhorn

@@ -19,16 +19,20 @@ aligned; only the noise is permuted.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .kernels import squared_distances
+from .kernel_sinkhorn import kernel_sinkhorn
+from .kernels import KernelOperator, squared_distances
 from .sinkhorn import sinkhorn
 
-__all__ = ["COUPLINGS", "MinibatchPairing", "pair_minibatch", "solve_assignment"]
+__all__ = ["COUPLINGS", "KernelFactory", "MinibatchPairing", "pair_minibatch", "solve_assignment"]
+
+# Builds the Gibbs-kernel operator of two flattened point sets (B, d) at an absolute eps (None: the exact solver).
+KernelFactory = Callable[[Tensor, Tensor, float], Optional[KernelOperator]]
 
 COUPLINGS = ("independent", "ot", "sb")
 
@@ -111,6 +115,8 @@ def pair_minibatch(
     *,
     eps: float = 0.1,
     relative_eps: bool = True,
+    max_iter: int = 1000,
+    kernel_factory: Optional[KernelFactory] = None,
     generator: Optional[torch.Generator] = None,
 ) -> MinibatchPairing:
     """Re-pair the noise with the data of one batch.
@@ -126,6 +132,12 @@ def pair_minibatch(
             :func:`atlas.transport.bridge.brownian_bridge_sample` of diffusion ``sigma_sq`` to give the
             Schrodinger bridge (Tong et al. 2023).
         relative_eps: see ``eps``.
+        max_iter: Sinkhorn iteration cap for ``"sb"`` (a RuntimeWarning says when it is reached).
+        kernel_factory: ``None`` (default) solves ``"sb"`` exactly with the log-domain :func:`.sinkhorn.sinkhorn`
+            (stable at any eps); otherwise ``kernel_factory(x0_flat, noise_flat, eps_abs)`` builds the operator (float64;
+            returning None selects the exact solver)
+            (e.g. Nystrom or RFF, see ``atlas.config.KernelConfig``) that :func:`.kernel_sinkhorn.kernel_sinkhorn`
+            runs on; an approximation with negative plan entries raises rather than being clamped.
         generator: for the ``"sb"`` draws (made on the generator's device).
 
     Returns:
@@ -149,10 +161,15 @@ def pair_minibatch(
     if not eps_abs > 0:
         raise ValueError(f"the median squared distance of the batch is {float(cost.median())}, so a relative eps "
                          "is 0; pass relative_eps=False with an absolute eps")
-    result = sinkhorn(x0_data.reshape(batch, -1), noise.reshape(batch, -1), eps=eps_abs, tol=1e-6,
-                      dtype=torch.float64)
-    # row i of the plan, normalised: softmax_j(log b_j + (g_j - C_ij) / eps) with uniform b
-    rows = torch.softmax((result.g[None, :] - cost) / eps_abs, dim=1)
+    operator = None if kernel_factory is None else kernel_factory(x0_data.reshape(batch, -1).double(),
+                                                                  noise.reshape(batch, -1).double(), eps_abs)
+    if operator is None:
+        result = sinkhorn(x0_data.reshape(batch, -1), noise.reshape(batch, -1), eps=eps_abs, tol=1e-6,
+                          max_iter=max_iter, dtype=torch.float64)
+        # row i of the plan, normalised: softmax_j(log b_j + (g_j - C_ij) / eps) with uniform b
+        rows = torch.softmax((result.g[None, :] - cost) / eps_abs, dim=1)
+    else:
+        rows = kernel_sinkhorn(operator, max_iter=max_iter, tol=1e-6).conditional_rows()
     device = generator.device if generator is not None else rows.device
     partner = torch.multinomial(rows.to(device), 1, generator=generator).squeeze(1)
     return MinibatchPairing(x0_data, noise[partner.to(noise.device)])
