@@ -56,6 +56,8 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
             return f"{value:.4g}"
         return str(value)
 
+    if not rows:
+        return
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
