@@ -1,4 +1,4 @@
-"""The factory: exact kinds, both call styles, no mutation, reserved ring/distributed, and the pure "auto" rule."""
+"""The factory: exact kinds, both call styles, no mutation, and the pure "auto" rule."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from atlas.attention import (
     BlockSparseDilatedAttention,
     DilatedAttention,
     DilatedAttentionConfig,
+    DistributedDilatedAttention,
+    DistributedMultiheadDilatedAttention,
     ImprovedDilatedAttention,
     ImprovedMultiheadDilatedAttention,
     MultiheadConfig,
     MultiheadDilatedAttention,
+    RingDilatedAttention,
+    RingMultiheadDilatedAttention,
     create_dilated_attention,
     create_multihead_dilated_attention,
     explain_selection,
@@ -40,19 +44,13 @@ def test_unknown_kind_lists_the_valid_ones():
         assert repr(kind) in str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["ring", "distributed"])
-def test_ring_and_distributed_are_reserved(kind):
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        create_dilated_attention(kind, **PATTERN)
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        create_multihead_dilated_attention(kind, embed_dim=16, num_heads=4, **PATTERN)
-
-
 @pytest.mark.parametrize(
     "kind,core,multihead",
     [
         ("standard", DilatedAttention, MultiheadDilatedAttention),
         ("improved", ImprovedDilatedAttention, ImprovedMultiheadDilatedAttention),
+        ("ring", RingDilatedAttention, RingMultiheadDilatedAttention),
+        ("distributed", DistributedDilatedAttention, DistributedMultiheadDilatedAttention),
         ("block_sparse", BlockSparseDilatedAttention, MultiheadDilatedAttention),
     ],
 )
@@ -128,9 +126,20 @@ def test_auto_is_logged_inspectable_and_equals_the_chosen_kind(caplog):
     assert explain_selection(CPU).kind == "standard"
 
 
-def test_auto_says_when_it_picks_a_kind_that_is_not_there_yet():
-    with pytest.raises(NotImplementedError, match=r"'auto' selected 'ring' \(expected_seq_len=200000"):
-        create_dilated_attention("auto", environment=AttentionEnvironment(expected_seq_len=200_000), **PATTERN)
+def test_auto_builds_ring_and_distributed_with_their_options(caplog):
+    with caplog.at_level(logging.INFO, logger="atlas.attention.factory"):
+        ring = create_dilated_attention("auto", environment=AttentionEnvironment(expected_seq_len=200_000),
+                                        chunk_size=8, **PATTERN)
+    assert "'auto' -> 'ring'" in caplog.text and "expected_seq_len=200000" in ring.kind_choice.reason
+    assert type(ring) is RingDilatedAttention and ring.chunk_size == 8
+    module = create_multihead_dilated_attention("auto", embed_dim=16, num_heads=4, process_group=None,
+                                                environment=AttentionEnvironment(world_size=2), **PATTERN)
+    assert type(module) is DistributedMultiheadDilatedAttention and module.kind_choice.kind == "distributed"
+    # Without an initialised process group both run on one process and compute the standard function.
+    q, k, v = (torch.randn(1, 20, 4, 8, dtype=torch.float64) for _ in range(3))
+    expected = DilatedAttention(**PATTERN)(q, k, v, is_causal=True)
+    torch.testing.assert_close(ring(q, k, v, is_causal=True), expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(module.attention(q, k, v, is_causal=True), expected, atol=1e-12, rtol=0)
 
 
 def test_register_kind_extends_the_factory(monkeypatch):

@@ -5,8 +5,9 @@ Both accept the two call styles of the dilated-attention-pytorch v0.2 migration 
 given alongside a config override its fields in a *new* object (the caller's config is never mutated).
 
 Kinds are exactly :data:`KINDS`.  ``"auto"`` resolves through :func:`~atlas.attention.selection.select_kind`;
-the module it returns carries the decision as ``module.kind_choice``.  ``"ring"`` and ``"distributed"`` are
-reserved and raise ``NotImplementedError`` until :func:`register_kind` gives them classes.
+the module it returns carries the decision as ``module.kind_choice``.  ``"ring"`` and ``"distributed"`` build the
+sequence-parallel modules (:mod:`.ring`, :mod:`.distributed`), whose inputs are this rank's sequence shard; their
+options (``process_group=``, ``chunk_size=``) pass through ``**options``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from torch import nn
 from .block_sparse import BlockSparseDilatedAttention
 from .config import DilatedAttentionConfig, MultiheadConfig
 from .dilated import DilatedAttention, ImprovedDilatedAttention
+from .distributed import DistributedDilatedAttention, DistributedMultiheadDilatedAttention
 from .multihead import ImprovedMultiheadDilatedAttention, MultiheadDilatedAttention
+from .ring import RingDilatedAttention, RingMultiheadDilatedAttention
 from .selection import AttentionEnvironment, KindChoice, select_kind
 
 __all__ = [
@@ -44,17 +47,17 @@ class _KindClasses:
     multihead: type = MultiheadDilatedAttention  # has from_configs(MultiheadConfig, DilatedAttentionConfig, attention=)
 
 
-_REGISTRY: dict[str, Optional[_KindClasses]] = {
+_REGISTRY: dict[str, _KindClasses] = {
     "standard": _KindClasses(DilatedAttention, MultiheadDilatedAttention),
     "improved": _KindClasses(ImprovedDilatedAttention, ImprovedMultiheadDilatedAttention),
+    "ring": _KindClasses(RingDilatedAttention, RingMultiheadDilatedAttention),
+    "distributed": _KindClasses(DistributedDilatedAttention, DistributedMultiheadDilatedAttention),
     "block_sparse": _KindClasses(BlockSparseDilatedAttention),
-    "ring": None,
-    "distributed": None,
 }
 
 
 def register_kind(kind: str, attention_class: type, multihead_class: type = MultiheadDilatedAttention) -> None:
-    """Give a kind of :data:`KINDS` (not "auto") its classes, e.g. when the ring variant lands."""
+    """Give a kind of :data:`KINDS` (not "auto") other classes, e.g. an experimental variant of one kind."""
     if kind not in _REGISTRY:
         raise ValueError(f"kind must be one of {sorted(_REGISTRY)} to register, got {kind!r}")
     _REGISTRY[kind] = _KindClasses(attention_class, multihead_class)
@@ -80,14 +83,7 @@ def _resolve_kind(kind: str, environment, device, expected_seq_len) -> tuple[_Ki
         choice = explain_selection(environment, device=device, expected_seq_len=expected_seq_len)
         logger.info("dilated attention kind 'auto' -> %r: %s", choice.kind, choice.reason)
         kind = choice.kind
-    classes = _REGISTRY[kind]
-    if classes is None:
-        why = f"'auto' selected {kind!r} ({choice.reason}), but " if choice else ""
-        raise NotImplementedError(
-            f"{why}kind={kind!r} is not implemented yet in atlas (sequence-parallel dilated attention is pending); "
-            f"use kind='standard' or 'improved', which compute the same function in one process"
-        )
-    return classes, choice
+    return _REGISTRY[kind], choice
 
 
 def _attention_config(attention_config, **fields) -> DilatedAttentionConfig:
@@ -123,8 +119,8 @@ def create_dilated_attention(
         segment_lengths, dilation_rates, dropout, use_tf32, mode: :class:`DilatedAttentionConfig` fields
             (override ``attention_config``'s when both are given).
         environment, expected_seq_len, device: inputs of the "auto" choice (ignored for other kinds).
-        options: kind-specific keywords, e.g. ``block_size=``/``sparsity=`` (block_sparse) or
-            ``use_memory_pool=`` (improved).
+        options: kind-specific keywords, e.g. ``block_size=``/``sparsity=`` (block_sparse),
+            ``use_memory_pool=`` (improved), ``process_group=`` (ring, distributed) or ``chunk_size=`` (ring).
     """
     classes, choice = _resolve_kind(kind, environment, device, expected_seq_len)
     config = _attention_config(attention_config, segment_lengths=segment_lengths, dilation_rates=dilation_rates,
