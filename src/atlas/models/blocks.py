@@ -52,13 +52,18 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions, then (optionally) cross-attention to a text context.
 
-    Both use ``scaled_dot_product_attention``. The context's padding mask (True = real token) is passed to
-    the attention as a boolean mask, so padded tokens never receive weight.
+    Both use ``scaled_dot_product_attention`` unless ``dilated`` is given: a parameter-free dilated attention
+    core over (B, H*W, heads, head_dim) tensors (``atlas.attention.ImprovedDilatedAttention``), which then
+    replaces full self-attention over the row-major token sequence; cross-attention is unchanged. The
+    context's padding mask (True = real token) is passed to the attention as a boolean mask, so padded tokens
+    never receive weight.
     """
 
-    def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None):
+    def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None,
+                 dilated: nn.Module | None = None):
         super().__init__()
         self.num_heads = num_heads
+        self.dilated = dilated
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
@@ -77,12 +82,20 @@ class AttentionBlock(nn.Module):
         b, n, c = t.shape
         return t.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _self_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """(B, N, C) projections -> (B, N, C) attended tokens, full or dilated."""
+        b, n, c = q.shape
+        if self.dilated is None:
+            attended = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            return attended.transpose(1, 2).reshape(b, n, c)
+        split = (b, n, self.num_heads, c // self.num_heads)  # the dilated core's (b, n, h, d) layout
+        return self.dilated(q.view(split), k.view(split), v.view(split)).reshape(b, n, c)
+
     def forward(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
-        attended = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
-        out = x.flatten(2).transpose(1, 2) + self.proj(attended.transpose(1, 2).reshape(b, h * w, c))
+        out = x.flatten(2).transpose(1, 2) + self.proj(self._self_attention(q, k, v))
         if self.context_dim is not None:
             q = self._heads(self.to_q(self.cross_norm(out)))
             k, v = (self._heads(t) for t in self.to_kv(context).chunk(2, dim=-1))

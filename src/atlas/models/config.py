@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas.attention.config import MODES, check_mode, check_pattern
+
 
 def _fail(field_name: str, value: Any, requirement: str, fix: str) -> None:
     raise ValueError(f"HighResModelConfig.{field_name}={value!r}: {requirement}; {fix}")
@@ -35,6 +37,16 @@ class HighResModelConfig:
         dropout: dropout probability inside residual blocks.
         norm_groups: GroupNorm groups (must divide every level's width).
         gradient_checkpointing: recompute block activations in the backward pass to save memory.
+        dilated_levels: attention levels (a subset of ``attention_levels``) whose self-attention is dilated
+            attention (LongNet, Ding et al. 2023) over the row-major flattened H*W tokens instead of full
+            attention; cross-attention to the text stays full. The parameters are the same either way (the
+            dilated core has none), so weights load across the switch. ``()``: none.
+        dilated_segment_lengths: the segment lengths ``w_i`` in tokens (one per pattern); a segment of ``w``
+            tokens is ``w / W`` image rows. ``w >= H*W`` is one segment and ``H*W % w`` need not be 0.
+        dilated_dilation_rates: the dilation rates ``r_i``, one per segment length; a segment keeps every
+            ``r``-th token. ``[H*W]`` with ``[1]`` is exactly full attention.
+        dilated_mode: ``"head_split"`` (heads split across the patterns, cheapest) or ``"longnet"`` (every head
+            runs every pattern, mixed by softmax denominators); see ``atlas.attention.MODES``.
     """
 
     in_channels: int = 3
@@ -50,6 +62,10 @@ class HighResModelConfig:
     dropout: float = 0.0
     norm_groups: int = 32
     gradient_checkpointing: bool = False
+    dilated_levels: tuple[int, ...] = ()
+    dilated_segment_lengths: tuple[int, ...] = ()
+    dilated_dilation_rates: tuple[int, ...] = ()
+    dilated_mode: str = "head_split"
 
     # Filled in __post_init__; not a constructor argument.
     widths: tuple[int, ...] = field(init=False, repr=False)
@@ -98,6 +114,40 @@ class HighResModelConfig:
             _fail("attention_levels", self.attention_levels,
                   "is empty, so a text-conditioned model (context_dim set) would never read its context",
                   "add at least one attention level")
+        self._check_dilated()
+
+    def _check_dilated(self) -> None:
+        self.dilated_levels = tuple(sorted(int(level) for level in self.dilated_levels))
+        for level in self.dilated_levels:
+            if level not in self.attention_levels:
+                _fail("dilated_levels", self.dilated_levels,
+                      f"level {level} has no self-attention (attention_levels={self.attention_levels})",
+                      f"add {level} to attention_levels or remove it from dilated_levels")
+        if not self.dilated_levels:
+            for name in ("dilated_segment_lengths", "dilated_dilation_rates"):
+                if getattr(self, name):
+                    _fail(name, getattr(self, name), "has no effect because dilated_levels is empty",
+                          "list the levels to dilate in dilated_levels, or leave this field empty")
+            if self.dilated_mode != "head_split":
+                _fail("dilated_mode", self.dilated_mode, "has no effect because dilated_levels is empty",
+                      "list the levels to dilate in dilated_levels, or leave the default 'head_split'")
+            self.dilated_segment_lengths = self.dilated_dilation_rates = ()
+            return
+        try:
+            segments, rates = check_pattern(self.dilated_segment_lengths, self.dilated_dilation_rates)
+        except (TypeError, ValueError) as error:
+            _fail("dilated_segment_lengths/dilated_dilation_rates",
+                  (self.dilated_segment_lengths, self.dilated_dilation_rates), str(error),
+                  "give one positive segment length per positive dilation rate, e.g. (64, 256) and (1, 2)")
+        self.dilated_segment_lengths, self.dilated_dilation_rates = segments, rates
+        try:
+            check_mode(self.dilated_mode)
+        except ValueError:
+            _fail("dilated_mode", self.dilated_mode, f"must be one of {MODES}", "use 'head_split' (the default)")
+        if self.dilated_mode == "head_split" and self.num_heads < len(segments):
+            _fail("num_heads", self.num_heads,
+                  f"must be >= the {len(segments)} dilated patterns in dilated_mode='head_split' (one head "
+                  "group per pattern)", "use more heads, fewer patterns, or dilated_mode='longnet'")
 
     @property
     def downsample_factor(self) -> int:

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from atlas.attention import ImprovedDilatedAttention
+
 from .blocks import AttentionBlock, Downsample, ResBlock, Upsample, sinusoidal_embedding
 from .config import HighResModelConfig
 
@@ -30,6 +32,9 @@ class _Level(nn.Module):
 
 class HighResLatentScoreModel(nn.Module):
     """UNet over pixels or latents with self-attention, text cross-attention and a noise embedding.
+
+    Self-attention is full attention, or dilated attention at ``config.dilated_levels`` (the fast
+    ``ImprovedDilatedAttention`` path; it computes the same function as the reference ``DilatedAttention``).
 
     Call signature: ``model(x, noise_level, context=None, context_mask=None, pooled=None)``
         x: (B, in_channels, H, W), H and W divisible by ``config.downsample_factor``.
@@ -54,7 +59,11 @@ class HighResLatentScoreModel(nn.Module):
         def level_block(in_ch: int, out_ch: int, level: int) -> _Level:
             attn = None
             if level in cfg.attention_levels:
-                attn = AttentionBlock(out_ch, cfg.num_heads, cfg.norm_groups, cfg.context_dim)
+                dilated = None
+                if level in cfg.dilated_levels:
+                    dilated = ImprovedDilatedAttention(cfg.dilated_segment_lengths, cfg.dilated_dilation_rates,
+                                                       mode=cfg.dilated_mode)
+                attn = AttentionBlock(out_ch, cfg.num_heads, cfg.norm_groups, cfg.context_dim, dilated)
             return _Level(ResBlock(in_ch, out_ch, emb_dim, cfg.norm_groups, cfg.dropout), attn)
 
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.widths[0], 3, padding=1)
