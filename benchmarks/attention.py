@@ -14,7 +14,7 @@ Protocol (issue 4, section 8):
   is skipped, and the skip is listed under the table -- it never hangs the run.
 * Peak memory: each configuration runs once in a fresh subprocess (``--worker``) that imports everything,
   allocates its inputs (and output gradient), resets the kernel's peak-RSS mark (/proc/self/clear_refs) and
-  reports ``ru_maxrss`` after the call minus the RSS before it: the memory the call itself needs (output,
+  reports the peak RSS (VmHWM) after the call minus the RSS before it: the memory the call itself needs (output,
   temporaries and, for the backward pass, the q/k/v gradients), excluding the inputs.  Also measured for naive
   attention, softmax(QK^T/sqrt(d))V with the n x n score matrix, skipped where its estimated peak
   (2 n^2 h floats forward, 3 with backward) exceeds ``--naive-max-gib``.
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -208,26 +207,26 @@ def sdpa_cpu_ops() -> list[str]:
 
 
 # -- memory ----------------------------------------------------------------------------------------------------
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
+    """A memory line of /proc/self/status in KiB: VmRSS (now) or VmHWM (the peak since the last reset)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise OSError("no VmRSS in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def worker(name: str, pass_name: str, n: int) -> None:
     """Child process: print the extra peak RSS (MiB) of one call over the RSS after imports and inputs."""
     torch.set_num_threads(THREADS)
     call = make_call(name, n, pass_name == "forward+backward")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark to the current RSS
-        method, baseline = "clear_refs + ru_maxrss", _rss_kib()
-    except OSError:
-        method, baseline = "ru_maxrss after imports and inputs", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss keeps the parent's peak (the kernel carries it over in
+    # signal->maxrss, which clear_refs does not reset), so a child of a big parent would report the parent's.
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    method, baseline = "clear_refs + VmHWM", _status_kib("VmRSS")
     start = time.perf_counter()
     call()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = _status_kib("VmHWM")
     print(json.dumps({"peak_mib": (peak - baseline) / 1024, "baseline_mib": baseline / 1024, "method": method,
                       "seconds": seconds}))
 
