@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, environment, print_table  # noqa: E402
 
 from atlas.transport.kernels import squared_distances  # noqa: E402
-from atlas.transport.sinkhorn import grid_sinkhorn, sinkhorn  # noqa: E402
+from atlas.transport import grid_sinkhorn, sinkhorn  # noqa: E402
 
 TOL = 1e-6
 

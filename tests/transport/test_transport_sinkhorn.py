@@ -1,4 +1,4 @@
-"""Entropic OT (atlas.transport.sinkhorn): marginals, limits in eps, the Gaussian closed form, duality, the grid
+"""Entropic OT (atlas.transport.entropic): marginals, limits in eps, the Gaussian closed form, duality, the grid
 solver against the point-cloud solver, and regressions for the reference implementation's defects
 (atlas-reference.md, sec. 2.4 and P0 item 5)."""
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from atlas.transport.kernels import squared_distances
-from atlas.transport.sinkhorn import FFT_MAX_RANGE, FFT_MIN_SIZE, MATMUL_MAX_RANGE, grid_sinkhorn, sinkhorn
+from atlas.transport import grid_sinkhorn, sinkhorn
+from atlas.transport.convolutional import FFT_MAX_RANGE, FFT_MIN_SIZE, MATMUL_MAX_RANGE
 
 F64 = torch.float64
 

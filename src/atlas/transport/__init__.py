@@ -13,4 +13,5 @@ from .rff import RFFKernel
 from .bridge import brownian_bridge_mean, brownian_bridge_sample, brownian_bridge_variance, sb_cfm_target
 from .coupling import COUPLINGS, KernelFactory, MinibatchPairing, pair_minibatch, solve_assignment
 from .kernel_sinkhorn import KernelSinkhornResult, kernel_sinkhorn
-from .sinkhorn import EntropicCost, SinkhornResult, grid_sinkhorn, sinkhorn
+from .convolutional import grid_sinkhorn
+from .entropic import EntropicCost, SinkhornResult, sinkhorn

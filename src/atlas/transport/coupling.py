@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .kernel_sinkhorn import kernel_sinkhorn
 from .kernels import KernelOperator, squared_distances
-from .sinkhorn import sinkhorn
+from .entropic import sinkhorn
 
 __all__ = ["COUPLINGS", "KernelFactory", "MinibatchPairing", "pair_minibatch", "solve_assignment"]
 

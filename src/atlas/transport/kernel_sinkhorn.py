@@ -9,7 +9,7 @@ scalable Sinkhorn distances via the Nystrom method"; Scetbon & Cuturi 2020 for t
 Limits, stated rather than hidden: the iterations run in the plain (not log) domain, so they need ``K v > 0``
 and ``K^T u > 0`` throughout.  An approximation whose entries can be negative (RFF cosine features, Nystrom) or
 an eps so small that ``exp(-C / eps)`` underflows breaks that; the solver then raises and names the fix (the
-exact log-domain :func:`atlas.transport.sinkhorn.sinkhorn`).  Approximate kernels are for large eps relative to
+exact log-domain :func:`atlas.transport.entropic.sinkhorn`).  Approximate kernels are for large eps relative to
 the squared distances, where the kernel entries are large compared with the approximation error.
 """
 
