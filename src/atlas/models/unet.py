@@ -126,7 +126,10 @@ class HighResLatentScoreModel(nn.Module):
                 if context_mask.shape != context.shape[:2] or context_mask.dtype != torch.bool:
                     raise ValueError(f"context_mask must be a bool tensor of shape {tuple(context.shape[:2])}; "
                                      f"got {context_mask.dtype} {tuple(context_mask.shape)}")
-                if not bool(context_mask.any(dim=1).all()):
+                # The value check syncs with the device, which CUDA-graph capture forbids: while capturing, the
+                # eager warm-up calls of the same inputs have already checked it.
+                capturing = context_mask.is_cuda and torch.cuda.is_current_stream_capturing()
+                if not capturing and not bool(context_mask.any(dim=1).all()):
                     raise ValueError("context_mask has a row with no valid token; every prompt needs at least "
                                      "one (the encoder's start token)")
         if cfg.pooled_dim is None:
