@@ -95,3 +95,40 @@ def test_corrupt_image_names_the_file(tmp_path):
 def test_invalid_channels(image_tree):
     with pytest.raises(ValueError, match="channels must be 3 .* or 1"):
         ImageFolderDataset(image_tree, resolution=32, channels=4)
+
+
+@pytest.fixture
+def class_tree(tmp_path):
+    for relative in ("airplane/0001.png", "pickup_truck/0002.png", "bird-of-prey/0003.png", "loose.png"):
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (12, 12), (90, 90, 90)).save(path)
+    (tmp_path / "airplane" / "0001.txt").write_text("a sidecar caption")
+    return tmp_path
+
+
+def test_caption_sources(class_tree):
+    # Sorted paths: airplane/0001.png, bird-of-prey/0003.png, loose.png, pickup_truck/0002.png.
+    expected = {
+        "folder": ["airplane", "bird of prey", "", "pickup truck"],
+        "sidecar": ["a sidecar caption", "", "", ""],
+        "none": ["", "", "", ""],
+    }
+    for source, captions in expected.items():
+        dataset = ImageFolderDataset(class_tree, resolution=8, captions=source)
+        assert dataset.caption_source == source
+        assert [dataset[i][1] for i in range(len(dataset))] == captions
+        assert dataset.captions() == sorted(set(captions))
+    assert ImageFolderDataset(class_tree, resolution=8).caption_source == "sidecar"
+
+
+def test_folder_captions_use_the_folder_holding_the_image(tmp_path):
+    nested = tmp_path / "train" / "sea_lion"
+    nested.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(nested / "x.png")
+    assert ImageFolderDataset(tmp_path, resolution=8, captions="folder")[0][1] == "sea lion"
+
+
+def test_invalid_caption_source_lists_the_valid_ones(class_tree):
+    with pytest.raises(ValueError, match=r"captions must be one of .*'sidecar', 'folder', 'none'.*got 'labels'"):
+        ImageFolderDataset(class_tree, resolution=8, captions="labels")

@@ -5,23 +5,35 @@ Every dataset is a ``torch.utils.data.Dataset`` whose item ``i`` is
 ``str`` ("" when there is none). Every dataset has ``resolution: int``,
 ``channels: int`` and ``captions() -> list[str]`` (every caption it can produce,
 de-duplicated and sorted).
+
+Two ways to describe a dataset, one way to build it: a spec string for
+``load_dataset`` ("shapes", "digits", "folder:PATH"), or a :class:`DatasetConfig`
+(``DatasetConfig.from_spec(spec, ...)`` is the same dataset; ``dataset_preset(name)``
+gives the CIFAR-10 / ImageNet-64 / FFHQ-128 / LSUN-Bedroom-256 / CelebA-HQ-1024
+presets over local folders), whose ``build()`` calls ``load_dataset`` for the
+procedural datasets.
 """
 
 from __future__ import annotations
 
 from atlas.data.digits import DigitsDataset
-from atlas.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset
+from atlas.data.folder import CAPTION_SOURCES, IMAGE_EXTENSIONS, ImageFolderDataset
+from atlas.data.presets import DATASET_PRESETS, DatasetConfig, dataset_preset
 from atlas.data.shapes import BACKGROUNDS, COLORS, SHAPES, ShapesDataset
 
 __all__ = [
     "BACKGROUNDS",
+    "CAPTION_SOURCES",
     "COLORS",
     "SHAPES",
+    "DATASET_PRESETS",
     "DATASET_SPECS",
+    "DatasetConfig",
     "DigitsDataset",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "ShapesDataset",
+    "dataset_preset",
     "load_dataset",
 ]
 

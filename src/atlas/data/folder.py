@@ -1,8 +1,10 @@
-"""A folder of image files, with optional sidecar captions, as a training dataset.
+"""A folder of image files, with captions from sidecar files or class folders, as a training dataset.
 
 Images are found recursively and sorted, so the item order is the same on every
-machine. A caption for ``cat/001.png`` is read from ``cat/001.txt`` when that
-file exists.
+machine. Captions come from one of CAPTION_SOURCES: "sidecar" reads
+``cat/001.txt`` for ``cat/001.png`` when that file exists; "folder" uses the name
+of the folder holding the image ("cat"), for class-labelled sets such as CIFAR-10
+or ImageNet exported as one folder per class; "none" gives every image "".
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from PIL import Image, UnidentifiedImageError
 
 from atlas.data.transforms import pil_to_tensor, resize_short_side_and_center_crop
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset"]
+__all__ = ["CAPTION_SOURCES", "IMAGE_EXTENSIONS", "ImageFolderDataset", "folder_caption"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+CAPTION_SOURCES: tuple[str, ...] = ("sidecar", "folder", "none")
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -25,17 +29,22 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     Item ``i`` is ``(image, caption)``: image float32 (channels, resolution,
     resolution) in [-1, 1], made by a bicubic resize of the short side to
     ``resolution`` followed by a centre crop (aspect ratio kept, the long side's
-    ends cut off); caption the stripped text of the sidecar ``<stem>.txt`` next
-    to the image, or "" when there is none.
+    ends cut off); caption as chosen by ``captions``.
 
     Args:
         root: folder to search for files ending in IMAGE_EXTENSIONS (any case).
         resolution: output side in pixels.
         channels: 3 (RGB) or 1 (greyscale, PIL mode "L"). Transparency is dropped.
         size: keep only the first ``size`` images in sorted order; None keeps all.
+        captions: where captions come from, one of CAPTION_SOURCES:
+            "sidecar": the stripped text of ``<stem>.txt`` next to the image, "" when there is none;
+            "folder": the name of the folder holding the image, with "_" and "-" read as spaces
+            (``root/pickup_truck/0001.png`` -> "pickup truck"); an image directly under ``root`` gets "";
+            "none": every caption is "" (an unconditional dataset).
     """
 
-    def __init__(self, root: str | Path, resolution: int, channels: int = 3, size: int | None = None):
+    def __init__(self, root: str | Path, resolution: int, channels: int = 3, size: int | None = None,
+                 captions: str = "sidecar"):
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"image folder {str(root)!r} does not exist; check the path")
@@ -45,6 +54,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 3 (RGB) or 1 (greyscale), got {channels}")
+        if captions not in CAPTION_SOURCES:
+            raise ValueError(
+                f"captions must be one of {CAPTION_SOURCES}, got {captions!r}: 'sidecar' reads <stem>.txt next to "
+                "each image, 'folder' uses the class folder's name, 'none' leaves every caption empty"
+            )
         paths = sorted(
             path for path in root.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
         )
@@ -59,8 +73,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.root = root
         self.resolution = resolution
         self.channels = channels
+        self.caption_source = captions
         self.paths: list[Path] = paths
-        self._captions = [_read_caption(path) for path in paths]
+        self._captions = [_caption(path, root, captions) for path in paths]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -80,7 +95,25 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return sorted(set(self._captions))
 
 
-def _read_caption(image_path: Path) -> str:
+def folder_caption(image_path: Path, root: Path) -> str:
+    """Caption from the class folder: the name of the folder holding ``image_path``, "_"/"-" as spaces.
+
+    An image directly under ``root`` has no class folder and gets "".
+    """
+    if image_path.parent == root:
+        return ""
+    return " ".join(image_path.parent.name.replace("_", " ").replace("-", " ").split())
+
+
+def _caption(image_path: Path, root: Path, source: str) -> str:
+    if source == "folder":
+        return folder_caption(image_path, root)
+    if source == "none":
+        return ""
+    return _read_sidecar(image_path)
+
+
+def _read_sidecar(image_path: Path) -> str:
     caption_path = image_path.with_suffix(".txt")
     if not caption_path.is_file():
         return ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from atlas.config.kernel import KernelConfig
@@ -18,10 +18,15 @@ class TrainingConfig:
     """Training-loop settings (the model architecture lives in HighResModelConfig).
 
     Attributes:
-        dataset: "shapes", "digits" or "folder:PATH".
-        dataset_size: number of items for procedural datasets (None = the dataset's default).
+        dataset: "shapes", "digits" or "folder:PATH" (``atlas.data.load_dataset``). ``train(..., dataset=
+            DatasetConfig)`` replaces it (and dataset_size) by the DatasetConfig's ``spec`` (and ``size``).
+        dataset_size: number of items (None = the dataset's default: 10000 shapes, all digits or images).
         resolution: training side length.
-        steps: optimizer steps.
+        steps: optimizer steps (the run length), unless ``epochs`` is set.
+        epochs: None, or the run length in passes over the dataset: ``epochs * ceil(len(dataset) /
+            batch_size)`` optimizer steps, which replaces ``steps`` when the run starts (see ``for_dataset``).
+            Batches are consecutive slices of per-epoch permutations, so every image is seen at least
+            ``epochs`` times.
         batch_size: images per optimizer step.
         grad_accum: micro-batches per step (batch_size must divide evenly); the gradient equals the
             full-batch gradient.
@@ -52,6 +57,7 @@ class TrainingConfig:
     dataset_size: int | None = None
     resolution: int = 32
     steps: int = 1000
+    epochs: int | None = None
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 5e-4
@@ -87,6 +93,10 @@ class TrainingConfig:
         for name in ("warmup_steps", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainingConfig.{name}={getattr(self, name)!r} must be >= 0 (0 disables it)")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or self.epochs < 1):
+            raise ValueError(f"TrainingConfig.epochs={self.epochs!r} must be a positive integer, or None to "
+                             f"train for steps={self.steps}")
         if self.dataset_size is not None and self.dataset_size < 1:
             raise ValueError(f"TrainingConfig.dataset_size={self.dataset_size!r} must be >= 1 or None")
         if self.batch_size % self.grad_accum:
@@ -132,6 +142,23 @@ class TrainingConfig:
     @property
     def micro_batch_size(self) -> int:
         return self.batch_size // self.grad_accum
+
+    def steps_per_epoch(self, dataset_length: int) -> int:
+        """Optimizer steps for one pass over ``dataset_length`` images: ceil(dataset_length / batch_size)."""
+        if isinstance(dataset_length, bool) or not isinstance(dataset_length, int) or dataset_length < 1:
+            raise ValueError(f"dataset_length={dataset_length!r} must be a positive number of images")
+        return -(-dataset_length // self.batch_size)
+
+    def for_dataset(self, dataset_length: int) -> "TrainingConfig":
+        """The config with the run length fixed: ``epochs`` turned into ``steps`` for this dataset.
+
+        With ``epochs`` set, returns a copy with ``steps = epochs * steps_per_epoch(dataset_length)`` and
+        ``epochs=None`` (the resolved run, as the trainer saves and resumes it: only ``steps`` may grow on
+        resume, so a larger ``epochs`` resumes as more steps). Without ``epochs``, returns ``self``.
+        """
+        if self.epochs is None:
+            return self
+        return replace(self, steps=self.epochs * self.steps_per_epoch(dataset_length), epochs=None)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from atlas.bundle import DiffusionSpec, ModelBundle
-from atlas.conditioning.text_encoder import TextEncoderConfig, build_vocabulary, tokenize_words
-from atlas.data import load_dataset
-from atlas.models import HighResModelConfig
-from atlas.training.config import TrainingConfig
 import torch
 
+from atlas.bundle import DiffusionSpec, ModelBundle
+from atlas.conditioning.text_encoder import TextEncoderConfig, build_vocabulary, tokenize_words
+from atlas.data import DatasetConfig
+from atlas.models import HighResModelConfig
+from atlas.training.config import TrainingConfig
 from atlas.training.trainer import Trainer, step_seed
 
 log = logging.getLogger(__name__)
@@ -46,25 +47,53 @@ def build_bundle(dataset: Any, training: TrainingConfig, model_overrides: dict[s
 
 def train(training: TrainingConfig, out_dir: str | Path, *, model_overrides: dict[str, Any] | None = None,
           text_overrides: dict[str, Any] | None = None, resume: bool = False, command: str | None = None,
-          progress: bool = True) -> Path:
-    """Train on ``training.dataset`` and export the model to ``out_dir/model``; returns that folder.
+          progress: bool = True, dataset: DatasetConfig | None = None) -> Path:
+    """Train on ``training.dataset`` (or ``dataset``) and export the model to ``out_dir/model``; returns that folder.
 
-    With ``resume=True`` the newest complete checkpoint under ``out_dir/checkpoints`` is continued exactly
-    (same settings required; only ``steps`` may grow). Resuming with no checkpoint is an error.
+    Args:
+        dataset: a DatasetConfig to train on instead of ``training.dataset``/``training.dataset_size``; its
+            resolution must equal ``training.resolution``. The saved training config then records
+            ``dataset.spec`` and ``dataset.size`` in those fields, and the model metadata the whole
+            DatasetConfig under "dataset_config".
+
+    ``training.epochs``, when set, becomes ``steps = epochs * ceil(len(dataset) / batch_size)``
+    (``TrainingConfig.for_dataset``); the trainer runs, saves and resumes that resolved config. With
+    ``resume=True`` the newest complete checkpoint under ``out_dir/checkpoints`` is continued exactly (same
+    settings required; only the run length, ``steps`` or ``epochs``, may grow). Resuming with no checkpoint is
+    an error.
     """
     out_dir = Path(out_dir)
-    dataset = load_dataset(training.dataset, resolution=training.resolution, seed=training.seed,
-                           size=training.dataset_size)
-    if dataset.resolution != training.resolution:
-        raise ValueError(f"dataset resolution {dataset.resolution} differs from the training resolution "
+    if dataset is None:
+        dataset = DatasetConfig.from_spec(training.dataset, resolution=training.resolution,
+                                          size=training.dataset_size)
+    elif not isinstance(dataset, DatasetConfig):
+        raise TypeError(f"dataset must be a DatasetConfig or None (then training.dataset is used), got "
+                        f"{type(dataset).__name__}")
+    else:
+        if dataset.resolution != training.resolution:
+            raise ValueError(f"DatasetConfig(name={dataset.name!r}).resolution={dataset.resolution} differs from "
+                             f"TrainingConfig.resolution={training.resolution}; set both to the same value")
+        training = replace(training, dataset=dataset.spec, dataset_size=dataset.size)
+        log.info("training on %s (DatasetConfig %s)", dataset.spec, dataset.name)
+    images = dataset.build(seed=training.seed)
+    if images.resolution != training.resolution:
+        raise ValueError(f"dataset resolution {images.resolution} differs from the training resolution "
                          f"{training.resolution}")
-    metadata = {"dataset": training.dataset, "training": training.to_dict()}
+    requested_epochs = training.epochs
+    training = training.for_dataset(len(images))
+    metadata: dict[str, Any] = {"dataset": training.dataset, "dataset_config": dataset.to_dict(),
+                                "training": training.to_dict()}
+    if requested_epochs is not None:
+        metadata["epochs"] = {"epochs": requested_epochs, "dataset_length": len(images),
+                              "steps_per_epoch": training.steps_per_epoch(len(images)), "steps": training.steps}
+        log.info("epochs=%d over %d images at batch_size=%d: %d steps per epoch, %d steps", requested_epochs,
+                 len(images), training.batch_size, training.steps_per_epoch(len(images)), training.steps)
     if command:
         metadata["command"] = command
     torch.manual_seed(step_seed(training.seed, 0, stream=0))  # the initial weights depend on the seed only
-    bundle = build_bundle(dataset, training, model_overrides, text_overrides, metadata)
-    prompts = sample_prompts_for(dataset.captions()) if bundle.is_conditional else []
-    trainer = Trainer(bundle, dataset, training, out_dir, sample_prompts=prompts, progress=progress)
+    bundle = build_bundle(images, training, model_overrides, text_overrides, metadata)
+    prompts = sample_prompts_for(images.captions()) if bundle.is_conditional else []
+    trainer = Trainer(bundle, images, training, out_dir, sample_prompts=prompts, progress=progress)
     if resume:
         latest = Trainer.latest_checkpoint(out_dir)
         if latest is None:
