@@ -16,8 +16,7 @@ from torch import nn
 from atlas.conditioning.text_encoder import TextEncoderConfig, VocabTextEncoder
 from atlas.diffusion import PREDICTIONS, Conditioning, Denoiser
 from atlas.models import HighResLatentScoreModel, HighResModelConfig
-
-
+from atlas.models.autoencoder import Autoencoder, build_autoencoder
 
 @dataclass
 class DiffusionSpec:
@@ -42,14 +41,22 @@ class DiffusionSpec:
 
 
 class ModelBundle(nn.Module):
-    """Network + optional text encoder + diffusion spec (+ free-form metadata such as the training command).
+    """Network + optional text encoder + diffusion spec + optional autoencoder (+ free-form metadata such as
+    the training command).
 
-    Its ``state_dict`` keys are ``network.*`` and ``text_encoder.*``.
+    Without an autoencoder the network denoises pixels and its samples are the images; with one it denoises
+    latents of ``autoencoder.downsample_factor`` times smaller side, and :meth:`decode` turns them into images.
+    Its ``state_dict`` keys are ``network.*``, ``text_encoder.*`` and ``autoencoder.*``.
     """
 
     def __init__(self, network: HighResLatentScoreModel, text_encoder: VocabTextEncoder | None,
-                 diffusion: DiffusionSpec, metadata: dict[str, Any] | None = None):
+                 diffusion: DiffusionSpec, metadata: dict[str, Any] | None = None,
+                 autoencoder: Autoencoder | None = None):
         super().__init__()
+        if autoencoder is not None and autoencoder.latent_channels != network.config.in_channels:
+            raise ValueError(f"the autoencoder makes {autoencoder.latent_channels}-channel latents but the network "
+                             f"takes in_channels={network.config.in_channels}; build the network with "
+                             f"in_channels={autoencoder.latent_channels}")
         encoder_dim = None if text_encoder is None else text_encoder.dim
         network.config.check_context_dim(encoder_dim)
         if network.config.pooled_dim not in (None, encoder_dim):
@@ -59,12 +66,33 @@ class ModelBundle(nn.Module):
         self.text_encoder = text_encoder
         self.diffusion = diffusion
         self.metadata = dict(metadata or {})
+        self.autoencoder = autoencoder
 
     @classmethod
     def build(cls, model_config: HighResModelConfig, text_config: TextEncoderConfig | None,
-              diffusion: DiffusionSpec | None = None, metadata: dict[str, Any] | None = None) -> "ModelBundle":
+              diffusion: DiffusionSpec | None = None, metadata: dict[str, Any] | None = None,
+              autoencoder: Autoencoder | None = None) -> "ModelBundle":
         encoder = VocabTextEncoder(text_config) if text_config is not None else None
-        return cls(HighResLatentScoreModel(model_config), encoder, diffusion or DiffusionSpec(), metadata or {})
+        return cls(HighResLatentScoreModel(model_config), encoder, diffusion or DiffusionSpec(), metadata or {},
+                   autoencoder)
+
+    @property
+    def latent_factor(self) -> int:
+        """Image side / the side the network works at (1 for pixel models)."""
+        return 1 if self.autoencoder is None else self.autoencoder.downsample_factor
+
+    @property
+    def image_channels(self) -> int:
+        return self.network.config.in_channels if self.autoencoder is None else self.autoencoder.image_channels
+
+    @property
+    def native_resolution(self) -> int:
+        """The image side (pixels) the model was trained at."""
+        return self.network.config.resolution * self.latent_factor
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples (B, in_channels, h, w) -> images in about [-1, 1] (pixel models: unchanged)."""
+        return samples if self.autoencoder is None else self.autoencoder.decode(samples)
 
     @property
     def is_conditional(self) -> bool:
@@ -93,12 +121,14 @@ class ModelBundle(nn.Module):
             "model": self.network.config.to_dict(),
             "text_encoder": None if self.text_encoder is None else self.text_encoder.config.to_dict(),
             "diffusion": self.diffusion.to_dict(),
+            "autoencoder": None if self.autoencoder is None else self.autoencoder.to_config(),
             "metadata": self.metadata,
         }
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> "ModelBundle":
-        text = config.get("text_encoder")
+        text, autoencoder = config.get("text_encoder"), config.get("autoencoder")
         return cls.build(HighResModelConfig.from_dict(config["model"]),
                          None if text is None else TextEncoderConfig.from_dict(text),
-                         DiffusionSpec(**config["diffusion"]), dict(config.get("metadata") or {}))
+                         DiffusionSpec(**config["diffusion"]), dict(config.get("metadata") or {}),
+                         None if autoencoder is None else build_autoencoder(autoencoder))
