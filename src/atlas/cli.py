@@ -1,4 +1,4 @@
-"""The `atlas` command line: `atlas train` and `atlas generate`."""
+"""The `atlas` command line: `atlas train`, `generate`, `profiles`, `hardware` and `validate`."""
 
 from __future__ import annotations
 
@@ -105,51 +105,114 @@ def train(out_dir: str, steps: int, resolution: int, batch_size: int, grad_accum
     click.echo(f"model written to {exported}")
 
 
+GPU_MEMORY = ["auto", "6GB", "8GB", "12GB", "16GB", "24GB", "32GB", "CPU"]  # atlas.config.profiles, checked by a test
+
+
+def _print_profiles(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from atlas.config.profiles import list_profiles
+
+        list_profiles()
+        ctx.exit()
+
+
 @cli.command()
 @click.argument("prompts", nargs=-1)
+@click.option("--prompts", "prompt_options", multiple=True, help="A prompt (repeatable; same as the arguments).")
 @click.option("--checkpoint", default=None, type=click.Path(), help="Model folder (default: the bundled demo).")
-@click.option("--num-samples", default=4, show_default=True, type=int, help="Images per prompt.")
-@click.option("--steps", default=25, show_default=True, type=int)
-@click.option("--sampler", default="dpmpp_2m", show_default=True,
-              type=click.Choice(SAMPLER_NAMES))
+@click.option("--num-samples", "--num_samples", "num_samples", default=4, show_default=True, type=int,
+              help="Images per prompt.")
+@click.option("--steps", "--timesteps", "steps", default=None, type=int, help="Sampler steps [default: 50].")
+@click.option("--sampler", default="dpmpp_2m", show_default=True, type=click.Choice(SAMPLER_NAMES))
 @click.option("--schedule", default="karras", show_default=True,
               type=click.Choice(["karras", "exponential", "flow", "vp_linear", "vp_cosine"]), help="Sigma grid.")
-@click.option("--guidance-scale", default=3.0, show_default=True, type=float)
+@click.option("--guidance-scale", "--guidance_scale", "guidance_scale", default=None, type=float,
+              help="Classifier-free guidance [default: the checkpoint's recommendation (3 for the demo), else 7.5].")
 @click.option("--negative-prompt", default=None, help="Used on the unconditional side of guidance.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Image i uses seed + i.")
-@click.option("--batch-size", default=None, type=int, help="Images per forward pass (results do not change).")
-@click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--gpu-memory", "--gpu_memory", "gpu_memory", default="auto", show_default=True,
+              type=click.Choice(GPU_MEMORY, case_sensitive=False), help="GPU profile (atlas profiles lists them).")
+@click.option("--batch-size", default=None, help="Images per forward pass, or 'auto' [default: the profile's].")
+@click.option("--resolution", default=None, type=int, help="Image side in pixels (above native: coarse-to-fine).")
+@click.option("--tile-size", default=None, type=int, help="Denoise over tiles of this many pixels.")
+@click.option("--precision", default=None, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Autocast dtype [default: the profile's].")
+@click.option("--out", "--output_dir", "--output-dir", "out_dir", default=DEFAULT_OUT, show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--device", default=None, help="cuda, cuda:1, cpu, ... [default: CUDA if available].")
+@click.option("--list-profiles", "--list_profiles", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_profiles, help="Print the GPU profiles and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(prompts: tuple[str, ...], checkpoint: str | None, num_samples: int, steps: int, sampler: str,
-             schedule: str, guidance_scale: float, negative_prompt: str | None, seed: int, batch_size: int | None, out_dir: str,
-             device: str, quiet: bool) -> None:
+def generate(prompts: tuple[str, ...], prompt_options: tuple[str, ...], checkpoint: str | None, num_samples: int,
+             steps: int | None, sampler: str, schedule: str, guidance_scale: float | None,
+             negative_prompt: str | None, seed: int, gpu_memory: str, batch_size: str | None,
+             resolution: int | None, tile_size: int | None, precision: str | None, out_dir: str,
+             device: str | None, quiet: bool) -> None:
     """Generate images for PROMPTS (none: unconditional) and save PNGs and a grid."""
     from tqdm.auto import tqdm
 
-    from atlas.checkpoint import load_model
-    from atlas.demo import demo_checkpoint_path
-    from atlas.images import save_images
-    from atlas.pipeline import generate as run_generate
+    from atlas.api import create_sampler
 
+    # --prompts values first: `--prompts "a red car" "a blue house"` (the specification's form) parses as one
+    # option value and one argument, in that order.
+    prompts = tuple(prompt_options) + tuple(prompts)
+    options = {"sampler": sampler, "schedule": schedule}
+    for name, value in (("tile_size", tile_size), ("precision", precision), ("guidance_scale", guidance_scale),
+                        ("negative_prompt", negative_prompt)):
+        if value is not None:
+            options[name] = value
     try:
-        path = Path(checkpoint) if checkpoint else demo_checkpoint_path()
-        bundle = load_model(path, device=device)
+        if batch_size is not None and batch_size != "auto":
+            try:
+                batch_size = int(batch_size)
+            except ValueError:
+                raise ValueError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}") from None
+        easy = create_sampler(checkpoint, gpu_memory=gpu_memory, device=device, batch_size=batch_size,
+                              resolution=resolution, **options)
         started = time.perf_counter()
-        images = max(1, len(prompts)) * num_samples
-        chunks = -(-images // batch_size) if batch_size else 1
-        with tqdm(total=steps * chunks, desc="generate", unit="step", disable=quiet) as bar:
-            result = run_generate(bundle, list(prompts) or None, negative_prompts=negative_prompt,
-                                  num_samples=num_samples, steps=steps, sampler=sampler, schedule=schedule,
-                                  guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
-                                  callback=lambda info: bar.update(1))
+        with tqdm(desc="generate", unit="step", disable=quiet) as bar:
+            images = easy.generate(list(prompts) or None, num_samples=num_samples, timesteps=steps, seed=seed,
+                                   callback=lambda info: bar.update(1))
         elapsed = time.perf_counter() - started
-        paths = save_images(result.images, out_dir, result.prompts, result.seeds)
-    except (ValueError, FileNotFoundError) as error:
+        paths = easy.save(images, out_dir)
+    except (ValueError, TypeError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"{len(result.images)} images in {elapsed:.1f} s -> {Path(out_dir).resolve()}")
+    result = easy.last_result
+    click.echo(f"{len(images)} images in {elapsed:.1f} s ({easy.profile.name} profile, {result.stats['precision']}) "
+               f"-> {Path(out_dir).resolve()}")
+    if result.backoff is not None and result.backoff.backed_off:
+        click.echo(f"out-of-memory back-off: {result.backoff.summary()}")
     for p in paths:
         click.echo(f"  {p}")
+
+
+@cli.command()
+def profiles() -> None:
+    """List the GPU memory profiles (the easy API's and the training presets' settings)."""
+    from atlas.config.profiles import list_profiles
+
+    list_profiles()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the capabilities record as JSON.")
+@click.option("--device", default=None, help="Device to inspect [default: CUDA, else MPS, else CPU].")
+def hardware(as_json: bool, device: str | None) -> None:
+    """Print this machine's capabilities and recommendations."""
+    from atlas.check_hardware import main as check_hardware
+
+    code = check_hardware((["--json"] if as_json else []) + (["--device", device] if device else []))
+    if code:
+        raise SystemExit(code)
+
+
+@cli.command()
+def validate() -> None:
+    """Self-check (under a minute on a CPU): imports, sampler maths, train -> save -> load -> generate, tiling,
+    profiles. Prints a pass/fail table; exits 1 if a check fails."""
+    from atlas.selfcheck import main as selfcheck
+
+    raise SystemExit(selfcheck())
 
 
 def main() -> None:

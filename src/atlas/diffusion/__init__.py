@@ -21,6 +21,7 @@ from .convention import (
     to_vp,
 )
 from .guidance import Conditioning, classifier_free_guidance, conditional_denoiser
+from .hierarchical import HierarchicalResult, HierarchyLevel, LevelStepInfo, default_level_plan, sample_hierarchical
 from .losses import (
     condition_dropout,
     diffusion_loss,
@@ -75,7 +76,8 @@ from .schedules import (
 
 __all__ = [
     "PREDICTIONS", "SAMPLERS", "SCHEDULES",
-    "Conditioning", "DenoiseFn", "Denoiser", "Scalings", "StepInfo",
+    "Conditioning", "DenoiseFn", "Denoiser", "HierarchicalResult", "HierarchyLevel", "LevelStepInfo", "Scalings",
+    "StepInfo", "default_level_plan", "sample_hierarchical",
     "add_noise", "alpha_bar_to_sigma", "ancestral_step", "broadcast", "classifier_free_guidance",
     "condition_dropout", "conditional_denoiser", "convert", "diffusion_loss", "edm_loss", "eps_to_x0",
     "expand_sigma", "exponential_sigmas", "flow_sigmas", "from_vp", "get_scalings", "get_sigmas", "initial_noise",
