@@ -13,7 +13,6 @@ raise TypeError, fallbacks are logged and recorded in ``sampler.last_result``.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,6 +26,7 @@ from atlas.config.profiles import GPUProfile, get_profile
 from atlas.config.sampler import ConditioningConfig, SamplerConfig
 from atlas.demo import demo_checkpoint_path
 from atlas.images import save_images
+from atlas.io import cache_dir
 from atlas.memory.autotune import autotune_batch_size
 from atlas.pipeline import GenerationResult, Pipeline
 from atlas.runtime.hardware import Capabilities, detect_capabilities
@@ -37,11 +37,16 @@ log = logging.getLogger(__name__)
 
 SAMPLER_OPTIONS = tuple(f.name for f in fields(SamplerConfig) if f.name != "batch_size")
 CONDITIONING_OPTIONS = ("guidance_scale", "negative_prompt")
+# Names of the specification that atlas deliberately does not offer, and why (raised as AttributeError).
+NOT_OFFERED = {
+    "clear_kernel_cache": "atlas keeps no kernel cache: transport kernels are built from each training batch and "
+                          "nothing is solved at sampling time (docs/TRANSPORT.md); sampler.clear_cache() releases "
+                          "CUDA graphs and cached GPU memory",
+}
 
 
 def _batch_cache_path() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "atlas" / "batch_sizes.json"
+    return cache_dir() / "batch_sizes.json"
 
 
 class EasySampler:
@@ -84,6 +89,9 @@ class EasySampler:
                 coarse-to-fine; tiles are used when ``tile_size`` is set or the memory back-off needs them.
             callback: called with a ``StepInfo`` after every sampler step (e.g. a progress bar).
         """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1 (images per prompt), e.g. "
+                             "num_samples=4")
         if seed is None:
             seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
         if negative_prompts is None and self.conditioning.negative_prompt and self.bundle.is_conditional:
@@ -119,6 +127,12 @@ class EasySampler:
     def clear_cache(self) -> None:
         """Release CUDA graphs and cached device memory."""
         self.sampler.clear_cache()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not attributes: say why the specification's names are absent.
+        if name in NOT_OFFERED:
+            raise AttributeError(f"EasySampler has no {name}(): {NOT_OFFERED[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _autotune(self, resolution: int, guidance_scale: float) -> None:
         """batch_size="auto": the largest batch whose sampling step fits, cached on disk per model and settings."""

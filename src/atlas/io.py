@@ -72,3 +72,9 @@ def read_verified_tensors(path: Path, expected_sha256: str | None, what: str) ->
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise ValueError(f"{what}: {path} is not a readable safetensors file ({error}); it is corrupt or "
                          f"truncated") from error
+
+
+def cache_dir() -> Path:
+    """atlas's cache folder: ``$XDG_CACHE_HOME/atlas`` (default ``~/.cache/atlas``); not created here."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "atlas"

@@ -305,6 +305,8 @@ class Pipeline:
                          f"(now {batch_size})")
         if self.config.tile_size is None and resolution > self.bundle.native_resolution:
             fixes.append(f"tile_size={self.bundle.native_resolution}")
+        elif self.config.tile_size is not None and not self.config.ultrahighres_sequential_tiles:
+            fixes.append("ultrahighres_sequential_tiles=True (batched tiles hold every tile at once)")
         if self.precision == "fp32" and self.capabilities.device_kind == "cuda":
             fixes.append("precision='fp16' or 'bf16'")
         fixes.append(f"a smaller resolution (now {resolution})")

@@ -120,7 +120,7 @@ SAMPLER_PROBES = {
     "tile_stride": (dict(tile_size=4, tile_stride=2), lambda c: _run(c)[1]),
     "tile_overlap": (dict(tile_size=4, tile_overlap=0.5), lambda c: _run(c)[1]),
     "tile_blending": (dict(tile_size=4, tile_overlap=0.5, tile_blending="none"), _images),
-    "ultrahighres_sequential_tiles": (dict(tile_size=4, ultrahighres_sequential_tiles=True), lambda c: _run(c)[1]),
+    "ultrahighres_sequential_tiles": (dict(tile_size=4, ultrahighres_sequential_tiles=False), lambda c: _run(c)[1]),
     "hierarchical": (dict(hierarchical=False), lambda c: _run(c, resolution=16)[2]["levels"]),
     "oom_backoff": (dict(oom_backoff=False), _oom_once),
     "memory_check": (dict(memory_check=False), _memory_warnings),

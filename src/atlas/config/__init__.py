@@ -1,5 +1,6 @@
 """Configuration objects of the product layers (validated on construction)."""
 
 from .kernel import KERNEL_SOLVERS, KernelConfig
+from .sampler import ConditioningConfig, SamplerConfig
 
-__all__ = ["KERNEL_SOLVERS", "KernelConfig"]
+__all__ = ["KERNEL_SOLVERS", "ConditioningConfig", "KernelConfig", "SamplerConfig"]

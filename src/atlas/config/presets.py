@@ -117,7 +117,8 @@ def _build_dataset_preset(name: str, with_budget: bool = True) -> dict[str, Any]
     recipe = _RECIPES[name]
     profile = PROFILES[recipe.tier]
     dataset = dataset_preset(recipe.dataset)
-    conditioning = ConditioningConfig(text_encoder="vocab" if recipe.text_encoder else "none")
+    conditioning = ConditioningConfig(text_encoder="vocab" if recipe.text_encoder else "none",
+                                      guidance_scale=7.5 if recipe.text_encoder else 1.0)
     if not recipe.text_encoder:
         dataset = replace(dataset, captions="none")
     context = conditioning.context_dim

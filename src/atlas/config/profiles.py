@@ -13,18 +13,28 @@ classifier-free guidance. ``tests/config/test_config_profiles.py`` checks every 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib
+import json
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+import atlas
+
 from atlas.config.kernel import KernelConfig
 from atlas.config.sampler import ConditioningConfig, SamplerConfig
+from atlas.io import atomic_write_json, cache_dir
 from atlas.config.memory_estimate import MemoryEstimate, estimate_memory
 from atlas.models import HighResModelConfig
 from atlas.runtime.hardware import Capabilities, detect_capabilities
 
 __all__ = ["GPU_MEMORY_CHOICES", "PROFILES", "GPUProfile", "detect_gpu_profile", "get_profile", "list_profiles"]
+
+log = logging.getLogger(__name__)
 
 MIB = 2 ** 20
 TEXT_TOKENS = 16  # prompt length the budgets assume (atlas's vocabulary encoder: start token + 15 words)
@@ -73,11 +83,15 @@ class GPUProfile:
                                   pooled_dim=context_dim, **self.model)
 
     def conditioning_config(self) -> ConditioningConfig:
-        return ConditioningConfig(text_encoder="vocab" if self.text_encoder else "none")
+        if not self.text_encoder:  # unconditional: guidance would have no effect (validate_configs warns)
+            return ConditioningConfig(text_encoder="none", guidance_scale=1.0)
+        return ConditioningConfig(text_encoder="vocab")
 
     def sampler_config(self) -> SamplerConfig:
+        """Its generation defaults: batch size, precision, CUDA graphs, and sequential tiles of ``tile_size``
+        pixels, which act only on images larger than a tile (a tile covering the image is a no-op)."""
         return SamplerConfig(batch_size=self.batch_size, precision=self.precision,
-                             enable_cuda_graphs=self.enable_cuda_graphs)
+                             enable_cuda_graphs=self.enable_cuda_graphs, tile_size=self.tile_size)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -89,10 +103,21 @@ class GPUProfile:
         once per profile object)."""
         return _estimates(self)
 
-    @property
+    @functools.cached_property
     def memory_budget_mb(self) -> float:
-        """max(training step, sampling step) estimated peak of this profile's own settings, in MiB."""
-        return max(e.total_mb for e in self.estimates.values())
+        """max(training step, sampling step) estimated peak of this profile's own settings, in MiB.
+
+        Computing it traces two steps (seconds per profile), so the value is also kept on disk
+        (``~/.cache/atlas/profile_budgets.json``), keyed by the profile's settings and a fingerprint of the
+        estimator and model sources, atlas and torch: any change to those recomputes it.
+        """
+        key = _budget_key(self)
+        cached = _read_budget_cache().get(key)
+        if isinstance(cached, (int, float)) and cached > 0:
+            return float(cached)
+        budget = max(e.total_mb for e in self.estimates.values())
+        _write_budget_cache(key, budget)
+        return budget
 
     def summary(self) -> str:
         """The lines :func:`list_profiles` prints for this profile."""
@@ -109,6 +134,52 @@ class GPUProfile:
             f"  CUDA graphs: {self.enable_cuda_graphs}",
             f"  Memory budget (estimated): {self.memory_budget_mb:,.0f} MB of {self.memory_gb:g} GB",
         ])
+
+
+_FINGERPRINT_MODULES = ("atlas.config.memory_estimate", "atlas.memory.trace", "atlas.memory.ledger",
+                        "atlas.memory.tiling", "atlas.models", "atlas.attention")
+
+
+@functools.lru_cache(maxsize=1)
+def _source_fingerprint() -> str:
+    """SHA-256 over the sources that decide an estimate, plus the atlas and torch versions."""
+    digest = hashlib.sha256(f"{atlas.__version__} {torch.__version__}".encode())
+    for name in _FINGERPRINT_MODULES:
+        path = Path(importlib.import_module(name).__file__)
+        for source in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _budget_key(profile: GPUProfile) -> str:
+    settings = {"model": profile.model_config().to_dict(), "training": profile.training,
+                "resolution": profile.resolution, "batch_size": profile.batch_size, "precision": profile.precision,
+                "text_encoder": profile.text_encoder, "device_kind": profile.device_kind}
+    payload = json.dumps(settings, sort_keys=True, default=str) + _source_fingerprint()
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _budget_cache_path() -> Path:
+    return cache_dir() / "profile_budgets.json"
+
+
+def _read_budget_cache() -> dict[str, Any]:
+    path = _budget_cache_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("ignoring the unreadable profile budget cache %s (%s); it will be rewritten", path, error)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_budget_cache(key: str, budget: float) -> None:
+    try:
+        atomic_write_json(_budget_cache_path(), {**_read_budget_cache(), key: budget})
+    except OSError as error:  # a read-only home: the budget is still returned, only not kept
+        log.warning("could not write the profile budget cache %s: %s", _budget_cache_path(), error)
 
 
 def _estimates(profile: GPUProfile) -> dict[str, MemoryEstimate]:

@@ -47,7 +47,9 @@ class SamplerConfig:
             they agree).
         tile_overlap: fraction of a tile shared with its neighbour, in [0, 1) (default 0.125 when tiling).
         tile_blending: "hann", "linear" or "none" window over each tile.
-        ultrahighres_sequential_tiles: one tile per network call (least memory) instead of all tiles batched.
+        ultrahighres_sequential_tiles: one tile per network call, so the peak is bounded by the tile (default);
+            False batches all tiles of an image into one call: faster, but it holds every tile at once and needs
+            MORE memory than no tiling (measured by the estimator, docs/QUICKSTART.md section 6).
         hierarchical: above the model's native resolution, generate coarse-to-fine (native first, then upsample,
             re-noise and refine); False samples directly at the requested size.
         oom_backoff: on out-of-memory, halve the batch and retry, then enable tiling (each step logged).
@@ -67,7 +69,7 @@ class SamplerConfig:
     tile_stride: Optional[int] = None
     tile_overlap: Optional[float] = None
     tile_blending: str = "hann"
-    ultrahighres_sequential_tiles: bool = False
+    ultrahighres_sequential_tiles: bool = True
     hierarchical: bool = True
     oom_backoff: bool = True
     memory_check: bool = True

@@ -42,7 +42,7 @@ def validate_configs(model_config: Optional[HighResModelConfig] = None, kernel_c
         model_config, kernel_config, sampler_config, conditioning_config: any of them may be None (not checked).
         gpu_profile: a GPUProfile or a name ("8GB", "auto"); enables the memory check of ``model_config``.
         resolution, batch_size: what will be generated (default: the model's resolution and the sampler's or
-            profile's batch size).
+            profile's batch size); a given resolution also checks that tiles act at it.
     """
     _check_type("model_config", model_config, HighResModelConfig)
     _check_type("kernel_config", kernel_config, KernelConfig)
@@ -67,7 +67,8 @@ def validate_configs(model_config: Optional[HighResModelConfig] = None, kernel_c
             warnings.append(f"kernel_config.epsilon={kernel_config.epsilon} is outside [{low}, {high}] x the median "
                             "squared distance: below, Sinkhorn needs many iterations (use coupling='ot' for the "
                             "exact pairing); above, the coupling is nearly independent")
-        if kernel_config.solver_type == "rff" and (kernel_config.rff_features or 0) < RFF_MIN_FEATURES:
+        if kernel_config.solver_type == "rff" and kernel_config.rff_features is not None \
+                and kernel_config.rff_features < RFF_MIN_FEATURES:  # None: sized by KernelConfig.choose
             features = kernel_config.rff_features
             warnings.append(f"kernel_config.rff_features={features} is low for solver_type='rff': the mean kernel "
                             f"error is about 0.7/sqrt(D); use at least {RFF_MIN_FEATURES}, or solver_type='auto'")
@@ -80,10 +81,9 @@ def validate_configs(model_config: Optional[HighResModelConfig] = None, kernel_c
         if profile is not None and profile.device_kind == "cpu" and sampler_config.enable_cuda_graphs:
             warnings.append("enable_cuda_graphs is set but the profile is for a CPU; graphs need CUDA and will "
                             "not be used")
-        if model_config is not None and sampler_config.tile_size is not None \
-                and sampler_config.tile_size >= max(resolution or 0, model_config.resolution):
-            warnings.append(f"tile_size={sampler_config.tile_size} is at least the image side "
-                            f"({max(resolution or 0, model_config.resolution)}): tiling does nothing here")
+        if resolution is not None and sampler_config.tile_size is not None and sampler_config.tile_size >= resolution:
+            warnings.append(f"tile_size={sampler_config.tile_size} is at least the image side ({resolution}): "
+                            "tiling does nothing at this resolution")
         if model_config is not None and model_config.dilated_levels and sampler_config.enable_cuda_graphs:
             warnings.append("enable_cuda_graphs with dilated attention: its gather indices are computed on the host, "
                             "so capture falls back to eager (logged)")

@@ -15,6 +15,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from atlas.config.kernel import KernelConfig
 from atlas.config.sampler import ConditioningConfig
 from atlas.data.presets import DatasetConfig
@@ -61,6 +63,22 @@ def resolve_preset(config: dict[str, Any]) -> tuple[TrainingConfig, DatasetConfi
     return training, dataset, overrides, conditioning.text_overrides()
 
 
+def _check_device(name: str, training: TrainingConfig, dataset: DatasetConfig) -> None:
+    """A preset that trains on CUDA, on a machine without CUDA: stop before any work and say what to change.
+
+    An unset dataset root is reported first (``DatasetConfig.build`` raises it before reading anything): it is
+    the first thing to fix on any machine.
+    """
+    if torch.device(training.device).type != "cuda" or torch.cuda.is_available():
+        return
+    if not dataset.is_procedural and dataset.root is None:
+        dataset.build()  # raises "root is not set; atlas never downloads data ..."
+    raise RuntimeError(f"preset {name!r} trains on device {training.device!r} (precision {training.precision!r}), "
+                       "but CUDA is not available here (torch.cuda.is_available() is False); for a CPU run start "
+                       "from load_preset('cpu'), or set config['training'].device = 'cpu' and "
+                       "config['training'].precision = 'fp32'")
+
+
 def run_training(config: dict[str, Any], out_dir: str | Path | None = None, *, resume: bool = False,
                  progress: bool = True) -> Path:
     """Train the preset's model on its dataset; returns the exported model folder (``<out_dir>/model``).
@@ -72,6 +90,7 @@ def run_training(config: dict[str, Any], out_dir: str | Path | None = None, *, r
         resume: continue from the newest checkpoint in ``out_dir`` (same settings; only the run length may grow).
     """
     training, dataset, overrides, text = resolve_preset(config)
+    _check_device(config.get("name", "?"), training, dataset)
     destination = Path(out_dir if out_dir is not None else config.get("output_dir", "runs/preset"))
     return train(training, destination, model_overrides=overrides, text_overrides=text, dataset=dataset,
                  resume=resume, progress=progress, command=f"run_training(load_preset({config.get('name', '?')!r}))")
