@@ -23,12 +23,13 @@ bug of the reference implementation).  The Sinkhorn iteration cap is ``TrainingC
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
+from atlas.fields import check_known_fields
 from atlas.transport import KernelOperator, build_kernel_operator, select_kernel_operator
 from atlas.transport.auto import KernelChoice
 from atlas.transport.direct import direct_memory_bytes
@@ -131,9 +132,6 @@ class KernelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KernelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown KernelConfig fields {unknown}; valid fields are {sorted(known)}")
+        check_known_fields(cls, data)
         return cls(**data)
 

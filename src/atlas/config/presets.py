@@ -34,7 +34,7 @@ on more than 1,024 tokens, and CelebA-HQ-1024 uses dilated attention at 64x64.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from atlas.config.profiles import PROFILES, TEXT_TOKENS, GPUProfile

@@ -26,7 +26,7 @@ bedrooms keep their aspect ratio.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from torch.utils.data import Dataset
 
 from atlas.data.folder import CAPTION_SOURCES, IMAGE_EXTENSIONS, ImageFolderDataset
+from atlas.fields import check_known_fields
 
 __all__ = ["DATASET_PRESETS", "PROCEDURAL_DATASETS", "DatasetConfig", "dataset_preset"]
 
@@ -188,10 +189,7 @@ class DatasetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DatasetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DatasetConfig fields {unknown}; valid fields are {sorted(known)}")
+        check_known_fields(cls, data)
         return cls(**data)
 
 

@@ -19,7 +19,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["AUTOENCODERS", "Autoencoder", "ConvAutoencoder", "ConvAutoencoderConfig", "build_autoencoder"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atlas.attention.config import MODES, check_mode, check_pattern
+from atlas.fields import check_known_fields
 
 
 def _fail(field_name: str, value: Any, requirement: str, fix: str) -> None:
@@ -168,8 +169,5 @@ class HighResModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HighResModelConfig":
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown HighResModelConfig fields {unknown}; valid fields are {sorted(known)}")
+        check_known_fields(cls, data)
         return cls(**data)

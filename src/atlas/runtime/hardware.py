@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from atlas.fields import check_known_fields
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,7 @@ class Capabilities:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Capabilities":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Capabilities field(s) {unknown}; valid fields are {sorted(known)}")
+        check_known_fields(cls, data)
         values = dict(data)
         if values.get("compute_capability") is not None:
             values["compute_capability"] = tuple(values["compute_capability"])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from atlas.config.kernel import KernelConfig
 from atlas.diffusion import PREDICTIONS
+from atlas.fields import check_known_fields
 from atlas.transport.coupling import COUPLINGS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -170,10 +171,7 @@ class TrainingConfig:
         data = dict(data)
         if "coupling_eps" in data:  # written before KernelConfig existed (same meaning: relative epsilon)
             data["coupling_kernel"] = {"epsilon": data.pop("coupling_eps")}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainingConfig fields {unknown}; valid fields are {sorted(known)}")
+        check_known_fields(cls, data)
         if isinstance(data.get("coupling_kernel"), dict):
             data["coupling_kernel"] = KernelConfig.from_dict(data["coupling_kernel"])
         return cls(**data)

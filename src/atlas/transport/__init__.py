@@ -15,3 +15,34 @@ from .coupling import COUPLINGS, KernelFactory, MinibatchPairing, pair_minibatch
 from .kernel_sinkhorn import KernelSinkhornResult, kernel_sinkhorn
 from .convolutional import grid_sinkhorn
 from .entropic import EntropicCost, SinkhornResult, sinkhorn
+
+__all__ = [
+    "COSTS",
+    "COUPLINGS",
+    "DirectKernel",
+    "EntropicCost",
+    "FFTKernel",
+    "KernelChoice",
+    "KernelFactory",
+    "KernelOperator",
+    "KernelSinkhornResult",
+    "MinibatchPairing",
+    "NystromKernel",
+    "RFFKernel",
+    "SinkhornResult",
+    "brownian_bridge_mean",
+    "brownian_bridge_sample",
+    "brownian_bridge_variance",
+    "build_kernel_operator",
+    "cost_matrix",
+    "gaussian_kernel",
+    "gibbs_kernel",
+    "grid_sinkhorn",
+    "kernel_sinkhorn",
+    "pair_minibatch",
+    "sb_cfm_target",
+    "select_kernel_operator",
+    "sinkhorn",
+    "solve_assignment",
+    "squared_distances",
+]
