@@ -207,7 +207,10 @@ class Pipeline:
         total, seeds = len(all_prompts), [seed + i for i in range(len(all_prompts))]
         channels, device = bundle.network.config.in_channels, bundle.device
         dtype = next(bundle.network.parameters()).dtype
-        fallback = self._fallback_tiling(latent_side) if self.tiling is None else None
+        # Configured tiles act only on images larger than a tile; when they do not act here, the out-of-memory
+        # back-off may still switch to tiles of half the image.
+        tiles_act = self.tiling is not None and self.tiling.tile_size < latent_side
+        fallback = None if tiles_act else self._fallback_tiling(latent_side)
         # Per chunk start: its final latents and per-step estimates (a chunk retried by the back-off overwrites
         # what its failed attempt left).
         chunk_latents: dict[int, Tensor] = {}
@@ -222,7 +225,7 @@ class Pipeline:
                 if callback is not None:
                     callback(info)
 
-            tiling = self.tiling if self.tiling is not None else (fallback if tiled else None)
+            tiling = fallback if tiled and fallback is not None else self.tiling
             generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[rows]]
             x = initial_noise((stop - start, channels, start_side, start_side), sigmas[0].item(),
                               generators=generators, dtype=dtype, device=device)
@@ -239,8 +242,8 @@ class Pipeline:
         settings = {"batch_size": config.batch_size or total, "shape": (config.batch_size or total, channels,
                                                                           latent_side, latent_side),
                     "resolution": side, "mixed_precision": self.precision != "fp32",
-                    "guidance_scale": guidance_scale, "tiling": self.tiling is not None}
-        if self.tiling is not None:
+                    "guidance_scale": guidance_scale, "tiling": tiles_act}
+        if tiles_act:
             settings["tile_size"] = config.tile_size
         backoff = None
         if config.oom_backoff:
@@ -253,7 +256,7 @@ class Pipeline:
         stats = {"precision": self.precision, "sampler": config.sampler, "steps": steps, "resolution": side,
                  "latent_resolution": latent_side, "levels": [level.size[0] for level in levels],
                  "tiling": None if self.tiling is None else asdict(self.tiling) | {"stride": self.tiling.stride},
-                 "seconds": time.perf_counter() - started}
+                 "tiles_act": tiles_act, "seconds": time.perf_counter() - started}
         if self.graphs is not None:
             stats["cuda_graphs"] = self.graphs.stats()
         starts = sorted(chunk_latents)

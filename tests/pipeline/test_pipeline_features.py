@@ -97,3 +97,20 @@ def test_bf16_runs_the_network_in_bf16_and_returns_float32_images():
     assert set(dtypes) == {torch.bfloat16} and result.images.dtype == torch.float32
     reference = Pipeline(bundle, SamplerConfig(precision="fp32")).generate(PROMPT, steps=2, seed=0).images
     assert 0 < (result.images - reference).abs().max() < 0.1
+
+
+def test_back_off_can_tile_when_the_configured_tiles_do_not_act():
+    # A GPU profile's tiles (e.g. 256 px) do nothing on a small image; out of memory, the back-off still tiles.
+    bundle = _perturbed(tiny_bundle())
+    pipeline = Pipeline(bundle, SamplerConfig(precision="fp32", tile_size=64, batch_size=1))
+    seen = []
+
+    def refuse_whole_images(module, args):
+        seen.append(tuple(args[0].shape[2:]))
+        if args[0].shape[-1] >= 16:
+            raise torch.OutOfMemoryError("injected: out of memory")
+
+    bundle.network.register_forward_pre_hook(refuse_whole_images)
+    result = pipeline.generate(PROMPT, steps=2, seed=0, resolution=16)
+    assert result.backoff.tiling_enabled and not result.stats["tiles_act"]
+    assert seen[-1] == (8, 8) and result.images.shape == (1, 3, 16, 16)
