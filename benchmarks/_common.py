@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from atlas.runtime.hardware import detect_capabilities
+
 
 def environment() -> dict[str, Any]:
     try:
@@ -23,14 +25,7 @@ def environment() -> dict[str, Any]:
                                     text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = detect_capabilities("cpu").name
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit, "dirty": dirty, "python": platform.python_version(), "torch": torch.__version__,
