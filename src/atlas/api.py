@@ -28,7 +28,7 @@ from atlas.demo import demo_checkpoint_path
 from atlas.images import save_images
 from atlas.io import cache_dir
 from atlas.memory.autotune import autotune_batch_size
-from atlas.pipeline import GenerationResult, Pipeline
+from atlas.pipeline import GenerationResult, Pipeline, expand_prompts
 from atlas.runtime.hardware import Capabilities, detect_capabilities
 
 __all__ = ["EasySampler", "create_sampler"]
@@ -101,7 +101,7 @@ class EasySampler:
         if self.auto_batch:
             self._autotune(side, guidance)
         if self.config.memory_check:
-            self.check_memory(num_samples * max(1, 1 if isinstance(prompts, str) else len(prompts or [""])), side)
+            self.check_memory(len(expand_prompts(prompts, None, num_samples)[0]), side)
         result = self.sampler.generate(prompts, negative_prompts=negative_prompts, num_samples=num_samples,
                                        steps=timesteps, guidance_scale=guidance, seed=seed, resolution=side,
                                        return_intermediates=return_intermediates, callback=callback)

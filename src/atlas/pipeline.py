@@ -28,7 +28,7 @@ from atlas.memory.guard import BackoffLog, run_with_backoff
 from atlas.memory.tiling import TiledDenoiser, TilingConfig
 from atlas.runtime.cuda_graphs import CUDAGraphModelWrapper
 from atlas.runtime.hardware import Capabilities, detect_capabilities
-from atlas.runtime.precision import AUTOCAST_DTYPES, AutocastNetwork, resolve_precision
+from atlas.runtime.precision import AUTOCAST_DTYPES, AutocastNetwork, compute_dtype, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class Pipeline:
         device = "cuda" if bundle.device.type == "cuda" else "cpu"
         estimate = estimate_memory(
             bundle.network.config, batch_size=batch_size, resolution=resolution,
-            dtype=AUTOCAST_DTYPES[self.precision] or torch.float32, mode="inference", guidance=guided,
+            dtype=compute_dtype(self.precision), mode="inference", guidance=guided,
             tile=self.config.tiling_config(), latent_factor=bundle.latent_factor, device=device,
             text_tokens=bundle.text_encoder.config.max_length if bundle.is_conditional else None)
         others = [m for m in (bundle.text_encoder, bundle.autoencoder) if m is not None]

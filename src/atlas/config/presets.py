@@ -37,10 +37,9 @@ import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
-from atlas.config.profiles import PROFILES, TEXT_TOKENS, GPUProfile
+from atlas.config.profiles import PROFILES, GPUProfile, step_estimates
 from atlas.config.sampler import ConditioningConfig
 from atlas.data.presets import DatasetConfig, dataset_preset
-from atlas.config.memory_estimate import estimate_memory
 from atlas.models import HighResModelConfig
 from atlas.training.config import TrainingConfig
 
@@ -100,17 +99,11 @@ def _training(fields: dict[str, Any], resolution: int, profile: GPUProfile) -> T
 def _dataset_budget(name: str) -> float:
     recipe = _RECIPES[name]
     config = _build_dataset_preset(name, with_budget=False)
-    model, training = config["model"], config["training"]
-    tokens = TEXT_TOKENS if model.context_dim is not None else None
-    precision = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[training.precision]
-    import torch
-
-    dtype = getattr(torch, precision) if precision else torch.float32
-    train = estimate_memory(model, batch_size=training.micro_batch_size, resolution=model.resolution, dtype=dtype,
-                            mode="training", text_tokens=tokens, device="cuda", ema=training.ema_decay > 0)
-    sample = estimate_memory(model, batch_size=PROFILES[recipe.tier].batch_size, resolution=model.resolution,
-                             dtype=dtype, mode="inference", text_tokens=tokens, device="cuda")
-    return max(train.total_mb, sample.total_mb)
+    training = config["training"]
+    estimates = step_estimates(config["model"], micro_batch=training.micro_batch_size,
+                               inference_batch=PROFILES[recipe.tier].batch_size, precision=training.precision,
+                               device="cuda", ema=training.ema_decay > 0)
+    return max(e.total_mb for e in estimates.values())
 
 
 def _build_dataset_preset(name: str, with_budget: bool = True) -> dict[str, Any]:

@@ -31,14 +31,15 @@ from atlas.io import atomic_write_json, cache_dir
 from atlas.config.memory_estimate import MemoryEstimate, estimate_memory
 from atlas.models import HighResModelConfig
 from atlas.runtime.hardware import Capabilities, detect_capabilities
+from atlas.runtime.precision import compute_dtype
 
-__all__ = ["GPU_MEMORY_CHOICES", "PROFILES", "GPUProfile", "detect_gpu_profile", "get_profile", "list_profiles"]
+__all__ = ["GPU_MEMORY_CHOICES", "PROFILES", "GPUProfile", "detect_gpu_profile", "get_profile", "list_profiles",
+           "step_estimates"]
 
 log = logging.getLogger(__name__)
 
 MIB = 2 ** 20
 TEXT_TOKENS = 16  # prompt length the budgets assume (atlas's vocabulary encoder: start token + 15 words)
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class GPUProfile:
 
     @property
     def dtype(self) -> torch.dtype:
-        return _DTYPES[self.precision]
+        return compute_dtype(self.precision)
 
     @functools.cached_property
     def estimates(self) -> dict[str, MemoryEstimate]:
@@ -182,17 +183,25 @@ def _write_budget_cache(key: str, budget: float) -> None:
         log.warning("could not write the profile budget cache %s: %s", _budget_cache_path(), error)
 
 
-def _estimates(profile: GPUProfile) -> dict[str, MemoryEstimate]:
-    device = "cuda" if profile.device_kind == "cuda" else "cpu"
-    tokens = TEXT_TOKENS if profile.text_encoder else None
-    model = profile.model_config()
-    micro_batch = profile.training["batch_size"] // profile.training.get("grad_accum", 1)
-    training = estimate_memory(model, batch_size=micro_batch, resolution=profile.resolution, dtype=profile.dtype,
-                               mode="training", text_tokens=tokens, device=device,
-                               ema=profile.training.get("ema_decay", 0.999) > 0)
-    inference = estimate_memory(model, batch_size=profile.batch_size, resolution=profile.resolution,
-                                dtype=profile.dtype, mode="inference", text_tokens=tokens, device=device)
+def step_estimates(model: HighResModelConfig, *, micro_batch: int, inference_batch: int, precision: str,
+                   device: str, ema: bool) -> dict[str, MemoryEstimate]:
+    """The two peaks a budget is the larger of: one training step at ``micro_batch`` and one sampling step
+    (guided for a text model) at ``inference_batch``, both at the model's resolution and ``precision``."""
+    tokens = TEXT_TOKENS if model.context_dim is not None else None
+    dtype = compute_dtype(precision)
+    training = estimate_memory(model, batch_size=micro_batch, resolution=model.resolution, dtype=dtype,
+                               mode="training", text_tokens=tokens, device=device, ema=ema)
+    inference = estimate_memory(model, batch_size=inference_batch, resolution=model.resolution, dtype=dtype,
+                                mode="inference", text_tokens=tokens, device=device)
     return {"training": training, "inference": inference}
+
+
+def _estimates(profile: GPUProfile) -> dict[str, MemoryEstimate]:
+    return step_estimates(profile.model_config(),
+                          micro_batch=profile.training["batch_size"] // profile.training.get("grad_accum", 1),
+                          inference_batch=profile.batch_size, precision=profile.precision,
+                          device="cuda" if profile.device_kind == "cuda" else "cpu",
+                          ema=profile.training.get("ema_decay", 0.999) > 0)
 
 
 def _profile(name: str, memory_gb: float, description: str, **fields: Any) -> GPUProfile:

@@ -14,16 +14,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from atlas.config.kernel import KernelConfig
+from atlas.config.memory_estimate import estimate_memory
 from atlas.config.profiles import TEXT_TOKENS, GPUProfile, get_profile
 from atlas.config.sampler import ConditioningConfig, SamplerConfig
-from atlas.config.memory_estimate import estimate_memory
 from atlas.models import HighResModelConfig
+from atlas.runtime.precision import compute_dtype
 
 __all__ = ["validate_configs"]
 
 RFF_MIN_FEATURES = 1024  # mean kernel error ~ 0.7 / sqrt(D): 0.02 at 1024 (benchmarks/RESULTS.md, kernel_error)
 EPSILON_RANGE = (1e-3, 10.0)  # relative to the median squared distance (docs/TRANSPORT.md)
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _check_type(name: str, value: Any, cls: type) -> None:
@@ -97,13 +97,11 @@ def validate_configs(model_config: Optional[HighResModelConfig] = None, kernel_c
 def _memory_warnings(model: HighResModelConfig, sampler: Optional[SamplerConfig],
                      conditioning: Optional[ConditioningConfig], profile: GPUProfile, resolution: Optional[int],
                      batch_size: Optional[int]) -> list[str]:
-    import torch
-
     side = resolution or model.resolution
     batch = batch_size or (sampler.batch_size if sampler is not None and sampler.batch_size else profile.batch_size)
     precision = sampler.precision if sampler is not None and sampler.precision != "auto" else profile.precision
     guided = model.context_dim is not None and (conditioning is None or conditioning.guidance_scale not in (0, 1))
-    estimate = estimate_memory(model, batch_size=batch, resolution=side, dtype=getattr(torch, _DTYPES[precision]),
+    estimate = estimate_memory(model, batch_size=batch, resolution=side, dtype=compute_dtype(precision),
                                mode="inference", guidance=guided,
                                tile=None if sampler is None else sampler.tiling_config(),
                                text_tokens=TEXT_TOKENS if model.context_dim is not None else None,

@@ -14,9 +14,16 @@ from torch import Tensor, nn
 
 from .hardware import Capabilities, recommended_precision
 
-__all__ = ["AUTOCAST_DTYPES", "AutocastNetwork", "resolve_precision"]
+__all__ = ["AUTOCAST_DTYPES", "AutocastNetwork", "compute_dtype", "resolve_precision"]
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a concrete precision ("fp32", "bf16", "fp16") computes in (what memory estimates assume)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision={precision!r} must be one of {tuple(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[precision] or torch.float32
 
 
 def resolve_precision(precision: str, capabilities: Capabilities) -> str:
